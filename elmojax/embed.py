@@ -1,0 +1,238 @@
+"""Contextual embeddings from a trained biLM: the :class:`Embedder` and HDF5 embedding dumps.
+
+The Embedder is **stateless** by default: every call starts the LSTMs from zero states, so a
+sentence's embedding never depends on its batch mates, its position or earlier calls. bilm-tf and
+AllenNLP instead carry each batch row's final LSTM state into the same row of the next batch;
+``stateful=True`` reproduces that exactly (it is how the bilm-tf reference embeddings were made).
+
+Batches are padded to a few bucketed shapes (rows, time, distinct tokens) so a stream of ragged
+batches compiles a handful of times, and split over all local devices along the batch axis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from elmojax.errors import ElmoError, InputTextError
+from elmojax.fileio import atomic_path
+from elmojax.model import BiLM, LSTMState, remove_sentence_boundaries, zero_state
+from elmojax.options import ElmoOptions, load_options
+from elmojax.vocab import Batcher, TokenBatcher, Vocabulary
+from elmojax.weights import load_weights
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pow2(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+def bucket_time(n: int) -> int:
+    """Bucketed sequence length: multiples of 16 up to 64, then powers of two."""
+    return _round_up(max(n, 1), 16) if n <= 64 else _pow2(n)
+
+
+class Embedder:
+    """Embeds tokenized sentences with a biLM: one ``[n_layers + 1, n_tokens, 2P]`` array each.
+
+    Build it from files with :meth:`from_files` (``options.json``, weights HDF5, optional
+    vocabulary) or from an :class:`~elmojax.options.ElmoOptions` and a parameter tree. Layer 0 is
+    the context-free token representation ``[x; x]``, layer ``k`` the ``k``-th LSTM layer of both
+    directions ``[forward; backward]``.
+    """
+
+    def __init__(
+        self,
+        options: ElmoOptions,
+        params: dict,
+        *,
+        vocab: Vocabulary | None = None,
+        batch_size: int = 64,
+        stateful: bool = False,
+        devices: Sequence[jax.Device] | None = None,
+        precision: str | None = "highest",
+    ):
+        if options.char_cnn is None and vocab is None:
+            raise ElmoError("word-level models (no char_cnn in options) need a vocabulary file")
+        self.options = options
+        self.batch_size = batch_size
+        self.stateful = stateful
+        self.model = BiLM(options, precision=precision)
+        if options.char_cnn is not None:
+            self._batcher = Batcher(options.char_cnn.max_characters_per_token, vocab)
+        else:
+            self._token_batcher = TokenBatcher(vocab)
+        devices = list(devices) if devices is not None else jax.local_devices()
+        self.mesh = Mesh(np.array(devices), ("data",))
+        self.n_devices = len(devices)
+        self._rows = NamedSharding(self.mesh, P("data"))
+        self._state_sharding = NamedSharding(self.mesh, P(None, None, "data"))
+        self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+        self._forward = jax.jit(self._forward_impl)
+        self._state: LSTMState | None = None
+        self.shapes_compiled: set[tuple[int, ...]] = set()
+
+    @classmethod
+    def from_files(
+        cls,
+        options_file: str | Path,
+        weight_file: str | Path,
+        vocab_file: str | Path | None = None,
+        **kwargs,
+    ) -> Embedder:
+        """Load ``options.json`` + weights HDF5 (+ vocabulary) as bilm-tf/AllenNLP would."""
+        options = load_options(options_file)
+        vocab = Vocabulary.from_file(vocab_file) if vocab_file else None
+        return cls(options, load_weights(weight_file, options), vocab=vocab, **kwargs)
+
+    # -- the compiled computation ----------------------------------------------------------------
+
+    def _forward_impl(self, params, table, index, c, h):
+        vectors = self.model.apply(params, table, method=BiLM.embed_tokens)  # [U, P]
+        mask = index > 0
+        x = jnp.take(vectors, index, axis=0)  # [B, T, P]
+        layers, state = self.model.apply(params, x, mask, LSTMState(c, h))
+        out, _ = remove_sentence_boundaries(layers, mask)
+        return out, state
+
+    def _tokens(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct token inputs ``[U, ...]`` and the index ``[B, T]`` into them (0 = padding)."""
+        if self.options.char_cnn is not None:
+            return self._batcher.batch_unique(sentences)
+        ids = self._token_batcher.batch_sentences(sentences)
+        table, index = np.unique(ids, return_inverse=True)
+        if table[0] != 0:  # keep row 0 the padding row even in a batch without padding
+            table, index = np.concatenate([[0], table]), index + 1
+        return table.astype(np.int32), index.reshape(ids.shape).astype(np.int32)
+
+    def reset_states(self) -> None:
+        """Forget the carried LSTM states (only meaningful with ``stateful=True``)."""
+        self._state = None
+
+    def embed_batch(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Embed one batch: ``[n_layers + 1, len(sentence), 2P]`` float32 per sentence.
+
+        In stateful mode batch row ``k`` starts from the state row ``k`` reached in the previous
+        call; rows beyond this batch keep their states.
+        """
+        if not sentences:
+            return []
+        n = len(sentences)
+        table, index = self._tokens(sentences)
+        rows = _round_up(_pow2(n), self.n_devices)
+        steps = bucket_time(index.shape[1])
+        n_unique = _round_up(_pow2(table.shape[0], 16), self.n_devices)
+        index = np.pad(index, ((0, rows - n), (0, steps - index.shape[1])))
+        table = np.pad(table, ((0, n_unique - table.shape[0]),) + ((0, 0),) * (table.ndim - 1))
+        if self.stateful:
+            state = self._stateful_rows(rows)
+        else:
+            state = zero_state(self.options, rows)
+        state = jax.device_put(state, self._state_sharding)
+        self.shapes_compiled.add((rows, steps, n_unique))
+        out, new_state = self._forward(
+            self.params, jax.device_put(table, self._rows), jax.device_put(index, self._rows), *state
+        )
+        if self.stateful:
+            self._state = LSTMState(
+                *(old.at[:, :, :rows].set(new) for old, new in zip(self._state, new_state, strict=True))
+            )
+        out = np.asarray(out)
+        return [out[k, :, : len(s)] for k, s in enumerate(sentences)]
+
+    def _stateful_rows(self, rows: int) -> LSTMState:
+        if self._state is None or self._state.c.shape[2] < rows:
+            grown = zero_state(self.options, rows)
+            if self._state is not None:
+                old = self._state.c.shape[2]
+                grown = LSTMState(*(g.at[:, :, :old].set(s) for g, s in zip(grown, self._state, strict=True)))
+            self._state = grown
+        return LSTMState(self._state.c[:, :, :rows], self._state.h[:, :, :rows])
+
+    def embed_sentences(
+        self, sentences: Iterable[Sequence[str]], batch_size: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Embed a stream of sentences in batches, yielding one array per sentence in order."""
+        batch_size = batch_size or self.batch_size
+        batch: list[Sequence[str]] = []
+        for sent in sentences:
+            batch.append(sent)
+            if len(batch) == batch_size:
+                yield from self.embed_batch(batch)
+                batch = []
+        if batch:
+            yield from self.embed_batch(batch)
+
+
+def read_sentences(path: str | Path) -> list[list[str]]:
+    """Read one whitespace-tokenized sentence a line; an empty line is an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputTextError(f"{path}: input file not found")
+    if path.is_dir():
+        raise InputTextError(f"{path}: is a directory, expected a text file with one sentence a line")
+    sentences = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputTextError(
+                    f"{path}: line {lineno}: invalid UTF-8 at byte {e.start} of the line; "
+                    "re-encode it as UTF-8"
+                ) from None
+            tokens = line.replace("\x00", " ").split()
+            if not tokens:
+                raise InputTextError(f"{path}: line {lineno}: empty line; every line must hold one sentence")
+            sentences.append(tokens)
+    if not sentences:
+        raise InputTextError(f"{path}: input file is empty")
+    return sentences
+
+
+def embed_file(
+    embedder: Embedder,
+    input_file: str | Path,
+    output_file: str | Path,
+    *,
+    output_format: str = "all",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> int:
+    """Write embeddings of every line of ``input_file`` to HDF5 as AllenNLP's ``elmo`` command does.
+
+    Dataset ``str(line_index)`` holds ``[L + 1, T, 2P]`` (``all``), the top layer ``[T, 2P]``
+    (``top``) or the layer average ``[T, 2P]`` (``average``); ``sentence_to_index`` holds the JSON map
+    from sentence text to dataset name. Returns the number of sentences written.
+    """
+    if output_format not in ("all", "top", "average"):
+        raise ElmoError(f"unknown output format {output_format!r}; use all, top or average")
+    sentences = read_sentences(input_file)
+    from tqdm import tqdm
+
+    sentence_to_index: dict[str, str] = {}
+    with atomic_path(output_file) as tmp, h5py.File(tmp, "w") as fout:
+        stream = embedder.embed_sentences(sentences, batch_size)
+        for i, (tokens, emb) in enumerate(
+            tqdm(zip(sentences, stream, strict=True), total=len(sentences), disable=not progress, unit="sent")
+        ):
+            if output_format == "top":
+                emb = emb[-1]
+            elif output_format == "average":
+                emb = emb.mean(axis=0)
+            fout.create_dataset(str(i), data=emb.astype(np.float32))
+            sentence_to_index.setdefault(" ".join(tokens), str(i))
+        ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
+        ds[0] = json.dumps(sentence_to_index)
+    return len(sentences)

@@ -1,0 +1,353 @@
+"""The bidirectional language model as pure flax linen modules.
+
+Parameter names mirror the standard weights HDF5 (bilm-tf ``dump_weights``) so that
+:mod:`elmojax.weights` is a plain renaming: ``char_embed``, ``CNN/W_cnn_i``, ``CNN_high_k/...``,
+``CNN_proj/...``, ``embedding`` (word-level models), ``RNN_d/Cell_l/{W_0,B,W_P_0}``.
+
+Conventions used throughout:
+
+* token inputs are **shifted** ids: 0 means "no token here" (padding). The character table has
+  262 rows (row 0 is the zero padding row, rows 1..261 are bilm-tf's 261 characters); the
+  word-level table has ``n_vocab + 1`` rows (row 0 padding).
+* LSTM states are an :class:`LSTMState` of arrays ``c [n_dirs, n_layers, batch, H]`` and
+  ``h [n_dirs, n_layers, batch, P]``; direction 0 is forward, 1 backward.
+* A masked position (mask False) leaves the state untouched and outputs zeros, as TensorFlow's
+  ``dynamic_rnn`` with ``sequence_length`` does; this is what makes stateful embedding of a batch
+  with padded rows leave those rows' states alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from elmojax.options import N_CHARACTERS, CharCNNOptions, ElmoOptions, LSTMOptions
+
+Array = jax.Array
+Precision = Any  # jax.lax.Precision | str | None
+
+
+class LSTMState(NamedTuple):
+    """Recurrent state of every LSTM layer of both directions."""
+
+    c: Array  # [n_dirs, n_layers, batch, H]
+    h: Array  # [n_dirs, n_layers, batch, P]
+
+
+def zero_state(options: ElmoOptions, batch: int, n_dirs: int = 2) -> LSTMState:
+    """All-zero :class:`LSTMState` for ``batch`` rows."""
+    lstm = options.lstm
+    return LSTMState(
+        c=jnp.zeros((n_dirs, lstm.n_layers, batch, lstm.dim), jnp.float32),
+        h=jnp.zeros((n_dirs, lstm.n_layers, batch, lstm.projection_dim), jnp.float32),
+    )
+
+
+# --- initialisers as bilm-tf uses them (FORMATS.md "Initialisation") ----------------------------
+
+
+def _uniform(scale: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+def _normal(stddev: float):
+    def init(key, shape, dtype=jnp.float32):
+        return stddev * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def _char_table_init(key, shape, dtype=jnp.float32):
+    # row 0 is the padding row that readers prepend: it stays zero
+    table = jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+    return table.at[0].set(0.0)
+
+
+def _word_table_init(key, shape, dtype=jnp.float32):
+    table = nn.initializers.glorot_uniform()(key, (shape[0] - 1, shape[1]), dtype)
+    return jnp.concatenate([jnp.zeros((1, shape[1]), dtype), table])
+
+
+# --- token representations --------------------------------------------------------------------
+
+
+class CharCNN(nn.Module):
+    """Convolutions over character embeddings, max-pooled over positions, then the activation.
+
+    ``[N, chars, E] -> [N, F]``; parameters ``W_cnn_i [1, width, E, n_i]``, ``b_cnn_i [n_i]``.
+    """
+
+    options: CharCNNOptions
+    precision: Precision = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        e = self.options.embedding_dim
+        relu = self.options.activation == "relu"
+        outs = []
+        for i, (width, num) in enumerate(self.options.filters):
+            init = _uniform(0.05) if relu else _normal(float(np.sqrt(1.0 / (width * e))))
+            w = self.param(f"W_cnn_{i}", init, (1, width, e, num))
+            b = self.param(f"b_cnn_{i}", nn.initializers.zeros, (num,))
+            y = jax.lax.conv_general_dilated(
+                x, w[0], (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"), precision=self.precision
+            )
+            # adding the bias after the max is exact: rounding is monotonic, so the same element wins
+            y = jnp.max(y, axis=1) + b
+            outs.append(jax.nn.relu(y) if relu else jnp.tanh(y))
+        return jnp.concatenate(outs, axis=-1)
+
+
+class Highway(nn.Module):
+    """``y = g * relu(x W_t + b_t) + (1 - g) * x`` with ``g = sigmoid(x W_c + b_c)``; ``[N, F] -> [N, F]``."""
+
+    precision: Precision = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        f = x.shape[-1]
+        init = _normal(float(np.sqrt(1.0 / f)))
+        w_carry = self.param("W_carry", init, (f, f))
+        b_carry = self.param("b_carry", nn.initializers.constant(-2.0), (f,))
+        w_transform = self.param("W_transform", init, (f, f))
+        b_transform = self.param("b_transform", nn.initializers.zeros, (f,))
+        gate = jax.nn.sigmoid(jnp.dot(x, w_carry, precision=self.precision) + b_carry)
+        transform = jax.nn.relu(jnp.dot(x, w_transform, precision=self.precision) + b_transform)
+        return gate * transform + (1.0 - gate) * x
+
+
+class Projection(nn.Module):
+    """Linear map ``[N, F] -> [N, P]`` named as bilm-tf's ``CNN_proj``."""
+
+    features: int
+    precision: Precision = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        f = x.shape[-1]
+        w = self.param("W_proj", _normal(float(np.sqrt(1.0 / f))), (f, self.features))
+        b = self.param("b_proj", nn.initializers.zeros, (self.features,))
+        return jnp.dot(x, w, precision=self.precision) + b
+
+
+class CharTokenEmbedder(nn.Module):
+    """Character ids ``[..., chars]`` (shifted, 0 = padding) -> token vectors ``[..., P]``."""
+
+    options: CharCNNOptions
+    projection_dim: int
+    precision: Precision = None
+
+    @nn.compact
+    def __call__(self, char_ids: Array) -> Array:
+        lead = char_ids.shape[:-1]
+        c = self.options
+        table = self.param("char_embed", _char_table_init, (N_CHARACTERS, c.embedding_dim))
+        x = jnp.take(table, char_ids.reshape(-1, char_ids.shape[-1]), axis=0)  # [N, chars, E]
+        x = CharCNN(c, self.precision, name="CNN")(x)  # [N, F]
+        for k in range(c.n_highway):
+            x = Highway(self.precision, name=f"CNN_high_{k}")(x)
+        if c.n_filters != self.projection_dim:
+            x = Projection(self.projection_dim, self.precision, name="CNN_proj")(x)
+        return x.reshape(*lead, self.projection_dim)
+
+
+class WordTokenEmbedder(nn.Module):
+    """Shifted token ids ``[...]`` (0 = padding) -> token vectors ``[..., P]`` for word-level models."""
+
+    n_vocab: int
+    projection_dim: int
+
+    @nn.compact
+    def __call__(self, token_ids: Array) -> Array:
+        table = self.param("embedding", _word_table_init, (self.n_vocab + 1, self.projection_dim))
+        return jnp.take(table, token_ids, axis=0)
+
+
+# --- recurrent layers -------------------------------------------------------------------------
+
+
+class LSTMLayer(nn.Module):
+    """TensorFlow's ``LSTMCell`` with projection and clipping, scanned over time.
+
+    Gates are the column blocks ``i, j, f, o`` of ``[x, h] @ W_0 + B`` with a forget bias of 1.0
+    added at run time. ``x [B, T, in]``, ``mask [B, T]``, state ``(c [B, H], h [B, P])`` ->
+    ``(outputs [B, T, P], (c, h))``; masked steps keep the state and output zeros.
+    """
+
+    options: LSTMOptions
+    precision: Precision = None
+
+    @nn.compact
+    def __call__(
+        self, x: Array, mask: Array, state: tuple[Array, Array]
+    ) -> tuple[Array, tuple[Array, Array]]:
+        o = self.options
+        n_in = x.shape[-1]
+        has_proj = o.projection_dim < o.dim
+        out_dim = o.projection_dim if has_proj else o.dim
+        w = self.param("W_0", nn.initializers.glorot_uniform(), (n_in + out_dim, 4 * o.dim))
+        b = self.param("B", nn.initializers.zeros, (4 * o.dim,))
+        w_p = (
+            self.param("W_P_0", nn.initializers.glorot_uniform(), (o.dim, o.projection_dim))
+            if has_proj
+            else None
+        )
+        w_x, w_h = w[:n_in], w[n_in:]
+        # the input half of the gate matmul does not depend on the recurrence: one big GEMM up front
+        xw = jnp.einsum("btd,dg->tbg", x, w_x, precision=self.precision) + b
+        mask_t = jnp.swapaxes(mask, 0, 1)[..., None]
+        prec = self.precision
+
+        def step(carry, inp):
+            c_prev, h_prev = carry
+            xw_t, m = inp
+            z = xw_t + jnp.dot(h_prev, w_h, precision=prec)
+            i, j, f, og = jnp.split(z, 4, axis=-1)
+            c = jax.nn.sigmoid(f + 1.0) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(j)
+            if o.cell_clip is not None:
+                c = jnp.clip(c, -o.cell_clip, o.cell_clip)
+            h = jax.nn.sigmoid(og) * jnp.tanh(c)
+            if w_p is not None:
+                h = jnp.dot(h, w_p, precision=prec)
+            if o.proj_clip is not None:
+                h = jnp.clip(h, -o.proj_clip, o.proj_clip)
+            c = jnp.where(m, c, c_prev)
+            h_new = jnp.where(m, h, h_prev)
+            return (c, h_new), jnp.where(m, h, 0.0)
+
+        (c, h), ys = jax.lax.scan(step, state, (xw, mask_t))
+        return jnp.swapaxes(ys, 0, 1), (c, h)
+
+
+class LSTMStack(nn.Module):
+    """One direction's stack of LSTM layers (``Cell0``, ``Cell1``, ...).
+
+    ``x [B, T, P]``, ``mask [B, T]``, state ``(c [L, B, H], h [L, B, P])`` ->
+    ``(outputs [L, B, T, P], state)``. Layers after the first add their input to their output when
+    ``use_skip_connections``; with dropout, each layer's input is dropped first (bilm-tf wraps the
+    residual cell in the dropout cell, so the residual sees the dropped input).
+    """
+
+    options: LSTMOptions
+    dropout: float = 0.0
+    precision: Precision = None
+
+    @nn.compact
+    def __call__(
+        self, x: Array, mask: Array, state: tuple[Array, Array], deterministic: bool = True
+    ) -> tuple[Array, tuple[Array, Array]]:
+        outs, cs, hs = [], [], []
+        for layer in range(self.options.n_layers):
+            if not deterministic and self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=False)(x)
+            y, (c, h) = LSTMLayer(self.options, self.precision, name=f"Cell{layer}")(
+                x, mask, (state[0][layer], state[1][layer])
+            )
+            if self.options.use_skip_connections and layer > 0:
+                y = y + x
+            outs.append(y)
+            cs.append(c)
+            hs.append(h)
+            x = y
+        return jnp.stack(outs), (jnp.stack(cs), jnp.stack(hs))
+
+
+def reverse_within_length(x: Array, mask: Array) -> Array:
+    """Reverse each row of ``x [B, T, ...]`` within its true length (``mask [B, T]`` is a prefix).
+
+    Like ``tf.reverse_sequence``: positions past the length stay where they are. Applying it twice
+    gives back the input.
+    """
+    t = jnp.arange(mask.shape[1])[None, :]
+    lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None]
+    idx = jnp.where(t < lengths, lengths - 1 - t, t)
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+class BiLM(nn.Module):
+    """The ELMo biLM: token embedder plus a forward (``RNN_0``) and backward (``RNN_1``) LSTM stack.
+
+    :meth:`__call__` is inference on whole sentences: ``token_vectors [B, T, P]`` (with BOS/EOS,
+    from :meth:`embed_tokens`), ``mask [B, T]``, ``state`` -> ``(layers [B, L + 1, T, 2P], state)``
+    where layer 0 is ``[x; x]``. Training uses :meth:`embed_tokens` and :meth:`run_direction`
+    directly, since there each direction reads its own window stream.
+    """
+
+    options: ElmoOptions
+    precision: Precision = None
+
+    def setup(self):
+        o = self.options
+        if o.char_cnn is not None:
+            self.token_embedder = CharTokenEmbedder(o.char_cnn, o.projection_dim, self.precision)
+        else:
+            self.token_embedder = WordTokenEmbedder(o.n_tokens_vocab, o.projection_dim)
+        n_dirs = 2 if o.training.bidirectional else 1
+        self.stacks = [
+            LSTMStack(o.lstm, o.training.dropout, self.precision, name=f"RNN_{d}") for d in range(n_dirs)
+        ]
+
+    def embed_tokens(self, tokens: Array) -> Array:
+        """Shifted char ids ``[..., chars]`` (or token ids ``[...]``) -> token vectors ``[..., P]``."""
+        return self.token_embedder(tokens)
+
+    def run_direction(
+        self, direction: int, x: Array, mask: Array, state: tuple[Array, Array], deterministic: bool = True
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """Run one direction's stack on ``x [B, T, P]`` in time order: ``-> ([L, B, T, P], state)``."""
+        return self.stacks[direction](x, mask, state, deterministic)
+
+    def __call__(self, x: Array, mask: Array, state: LSTMState) -> tuple[Array, LSTMState]:
+        fw, (c0, h0) = self.run_direction(0, x, mask, (state.c[0], state.h[0]))
+        x_rev = reverse_within_length(x, mask)
+        bw_rev, (c1, h1) = self.run_direction(1, x_rev, mask, (state.c[1], state.h[1]))
+        bw = jax.vmap(reverse_within_length, in_axes=(0, None))(bw_rev, mask)
+        layers = [jnp.concatenate([x, x], axis=-1)]
+        layers += [jnp.concatenate([fw[k], bw[k]], axis=-1) for k in range(fw.shape[0])]
+        out = jnp.stack(layers, axis=1) * mask[:, None, :, None]
+        return out, LSTMState(jnp.stack([c0, c1]), jnp.stack([h0, h1]))
+
+
+def remove_sentence_boundaries(layers: Array, mask: Array) -> tuple[Array, Array]:
+    """Drop BOS/EOS: ``[B, L + 1, T, D]``, ``mask [B, T]`` -> ``[B, L + 1, T - 2, D]``, ``[B, T - 2]``.
+
+    Token ``t`` of a sentence sits at position ``t + 1``; the EOS of a sentence of length ``n``
+    falls at output position ``n``, which the new mask (``mask[:, 2:]``) zeroes.
+    """
+    new_mask = mask[:, 2:]
+    return layers[:, :, 1:-1] * new_mask[:, None, :, None], new_mask
+
+
+def init_params(options: ElmoOptions, key: Array) -> dict:
+    """Randomly initialised biLM parameters (bilm-tf's initialisers) as a linen variable dict."""
+    model = BiLM(options)
+    c = options.char_cnn
+    tokens = jnp.ones((1, 3, c.max_characters_per_token), jnp.int32) if c else jnp.ones((1, 3), jnp.int32)
+
+    def _init(m: BiLM):
+        x = m.embed_tokens(tokens)
+        n_dirs = len(m.stacks)
+        s = zero_state(options, 1, n_dirs)
+        for d in range(n_dirs):
+            m.run_direction(d, x, jnp.ones((1, 3), bool), (s.c[d], s.h[d]))
+        return x
+
+    return jax.jit(lambda k: model.init(k, method=_init))(key)
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a parameter tree."""
+    return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+def layer_names(options: ElmoOptions) -> Sequence[str]:
+    """Names of the biLM output layers: ``token``, then ``lstm_1 .. lstm_L``."""
+    return ["token"] + [f"lstm_{k + 1}" for k in range(options.lstm.n_layers)]

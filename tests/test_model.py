@@ -1,0 +1,112 @@
+"""The linen modules against direct numpy implementations of bilm-tf's equations."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from elmojax.model import BiLM, LSTMLayer, reverse_within_length, zero_state
+from elmojax.options import LSTMOptions
+from elmojax.vocab import Batcher
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def numpy_lstm(x, w, b, w_p, c, h, cell_clip, proj_clip):
+    """TensorFlow LSTMCell(num_proj, cell_clip, proj_clip): gates i, j, f, o and forget bias 1.0."""
+    outs = []
+    for t in range(x.shape[1]):
+        z = np.concatenate([x[:, t], h], axis=1) @ w + b
+        i, j, f, o = np.split(z, 4, axis=1)
+        c = np.clip(sigmoid(f + 1.0) * c + sigmoid(i) * np.tanh(j), -cell_clip, cell_clip)
+        h = np.clip((sigmoid(o) * np.tanh(c)) @ w_p, -proj_clip, proj_clip)
+        outs.append(h)
+    return np.stack(outs, 1), c, h
+
+
+def test_lstm_layer_matches_tensorflow_equations():
+    opts = LSTMOptions(dim=8, projection_dim=3, n_layers=1, cell_clip=0.5, proj_clip=0.4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    c0 = rng.normal(size=(2, 8)).astype(np.float32)
+    h0 = rng.normal(size=(2, 3)).astype(np.float32)
+    layer = LSTMLayer(opts)
+    mask = np.ones((2, 5), bool)
+    params = layer.init(jax.random.PRNGKey(1), x, mask, (c0, h0))
+    p = jax.tree_util.tree_map(np.asarray, params["params"])
+    p["B"] = rng.normal(size=p["B"].shape).astype(np.float32)  # non-zero bias to exercise the gate order
+    ys, (c, h) = layer.apply({"params": p}, x, mask, (c0, h0))
+    ys_ref, c_ref, h_ref = numpy_lstm(x, p["W_0"], p["B"], p["W_P_0"], c0, h0, 0.5, 0.4)
+    np.testing.assert_allclose(ys, ys_ref, atol=1e-6)
+    np.testing.assert_allclose(c, c_ref, atol=1e-6)
+    np.testing.assert_allclose(h, h_ref, atol=1e-6)
+    # masked steps keep the state and output zeros (dynamic_rnn with sequence_length)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    ys_m, (c_m, h_m) = layer.apply({"params": p}, x, mask, (c0, h0))
+    _, c3, h3 = numpy_lstm(x[:1, :3], p["W_0"], p["B"], p["W_P_0"], c0[:1], h0[:1], 0.5, 0.4)
+    np.testing.assert_allclose(c_m[0], c3[0], atol=1e-6)
+    np.testing.assert_allclose(h_m[0], h3[0], atol=1e-6)
+    assert not np.asarray(ys_m[0, 3:]).any()
+
+
+def test_reverse_within_length():
+    x = jnp.arange(10).reshape(2, 5)
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    np.testing.assert_array_equal(reverse_within_length(x, mask), [[2, 1, 0, 3, 4], [9, 8, 7, 6, 5]])
+    np.testing.assert_array_equal(reverse_within_length(reverse_within_length(x, mask), mask), x)
+
+
+def numpy_char_embedder(p, ids, filters, n_highway):
+    x = p["char_embed"][ids]  # [N, C, E]
+    cnn = p["CNN"]
+    outs = []
+    for i, (w, _) in enumerate(filters):
+        k = cnn[f"W_cnn_{i}"][0]  # [w, E, n]
+        conv = np.stack([np.einsum("nwe,wef->nf", x[:, s : s + w], k) for s in range(x.shape[1] - w + 1)], 1)
+        outs.append(np.maximum(conv.max(1) + cnn[f"b_cnn_{i}"], 0))
+    y = np.concatenate(outs, -1)
+    for k in range(n_highway):
+        hw = p[f"CNN_high_{k}"]
+        g = sigmoid(y @ hw["W_carry"] + hw["b_carry"])
+        y = g * np.maximum(y @ hw["W_transform"] + hw["b_transform"], 0) + (1 - g) * y
+    return y @ p["CNN_proj"]["W_proj"] + p["CNN_proj"]["b_proj"]
+
+
+def test_char_embedder_matches_numpy(tiny_options, tiny_params):
+    ids = Batcher().batch_sentences([["hello", "wörld", "!"]])[0]
+    got = BiLM(tiny_options).apply(tiny_params, ids, method=BiLM.embed_tokens)
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tiny_params["params"]["token_embedder"])
+    ref = numpy_char_embedder(p, ids, tiny_options.char_cnn.filters, tiny_options.char_cnn.n_highway)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_bilm_output_layout(tiny_options, tiny_params):
+    model = BiLM(tiny_options)
+    ids = Batcher().batch_sentences([["a", "b", "c"], ["d"]])
+    x = model.apply(tiny_params, ids, method=BiLM.embed_tokens)
+    mask = (ids > 0).any(-1)
+    out, state = model.apply(tiny_params, x, mask, zero_state(tiny_options, 2))
+    assert out.shape == (2, 3, 5, 12) and state.c.shape == (2, 2, 2, 12)
+    np.testing.assert_allclose(out[:, 0, :, :6], out[:, 0, :, 6:])  # layer 0 is [x; x]
+    assert not np.asarray(out[1, :, 3:]).any()  # padding zeroed
+    # the backward direction of the short sentence equals running it alone
+    alone, _ = model.apply(tiny_params, x[1:, :3], mask[1:, :3], zero_state(tiny_options, 1))
+    np.testing.assert_allclose(out[1:, :, :3], alone, atol=1e-6)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_skip_connections(tiny_options, tiny_params, skip):
+    lstm_opts = dataclasses.replace(tiny_options.lstm, use_skip_connections=skip)
+    model = BiLM(tiny_options.replace(lstm=lstm_opts))
+    ids = Batcher().batch_sentences([["a", "b"]])
+    x = model.apply(tiny_params, ids, method=BiLM.embed_tokens)
+    mask = np.ones((1, 4), bool)
+    s = zero_state(tiny_options, 1)
+    layers, _ = model.apply(tiny_params, 0, x, mask, (s.c[0], s.h[0]), method=BiLM.run_direction)
+    cell1 = {"params": tiny_params["params"]["RNN_0"]["Cell1"]}
+    y1, _ = LSTMLayer(lstm_opts).apply(cell1, layers[0], mask, (s.c[0, 1], s.h[0, 1]))
+    np.testing.assert_allclose(layers[1], y1 + layers[0] if skip else y1, atol=1e-6)

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from elmojax.errors import OptionsError
+from elmojax.options import load_options, options_from_dict
+from tests.conftest import tiny_options_dict
+
+
+def test_fixture_options_load(fixture_dir):
+    o = load_options(fixture_dir / "options.json")
+    assert o.lstm.dim == 64 and o.lstm.projection_dim == 16 and o.lstm.n_layers == 2
+    assert o.lstm.cell_clip == 3.0 and not o.lstm.use_skip_connections
+    assert o.char_cnn.filters == ((1, 4), (2, 8), (3, 16), (4, 32), (5, 64))
+    assert o.char_cnn.n_filters == 124 and o.char_cnn.n_highway == 2
+    assert o.output_dim == 32 and o.is_char_model
+
+
+def test_round_trip_through_dict():
+    o = options_from_dict(tiny_options_dict(batch_size=7, n_train_tokens=100))
+    again = options_from_dict(o.to_dict())
+    assert again == o
+    assert o.to_dict(for_export=True)["char_cnn"]["n_characters"] == 262
+
+
+def test_training_defaults_are_bilm_tf():
+    t = options_from_dict(tiny_options_dict()).training
+    assert (t.dropout, t.all_clip_norm_val, t.unroll_steps, t.learning_rate) == (0.1, 10.0, 20, 0.2)
+    assert t.n_negative_samples_batch == 8192 and t.bidirectional
+
+
+def test_word_level_model_needs_vocab_size():
+    d = tiny_options_dict()
+    del d["char_cnn"]
+    with pytest.raises(OptionsError, match="n_tokens_vocab"):
+        options_from_dict(d, source="w.json")
+    o = options_from_dict({**d, "n_tokens_vocab": 10})
+    assert not o.is_char_model and o.n_tokens_vocab == 10
+
+
+@pytest.mark.parametrize(
+    "mutate, key, problem",
+    [
+        (lambda d: d["lstm"].pop("dim"), "lstm.dim", "missing"),
+        (lambda d: d["lstm"].update(dim="64"), "lstm.dim", "must be int"),
+        (lambda d: d["char_cnn"].update(filters=[[1, "a"]]), "char_cnn.filters[0]", "width, n_filters"),
+        (lambda d: d["char_cnn"].update(n_characters=300), "char_cnn.n_characters", "262"),
+        (lambda d: d["char_cnn"].update(activation="gelu"), "char_cnn.activation", "relu"),
+        (lambda d: d.update(batch_size=True), "batch_size", "must be int"),
+        (lambda d: d.update(dropout=1.5), "dropout", "< 1.0"),
+        (lambda d: d["lstm"].update(projection_dim=99), "lstm.projection_dim", "must not exceed"),
+    ],
+)
+def test_bad_options_name_file_and_key(tmp_path, mutate, key, problem):
+    d = tiny_options_dict()
+    mutate(d)
+    path = tmp_path / "options.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(OptionsError) as e:
+        load_options(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"'{key}'" in msg and problem in msg
+    assert "\n" not in msg
+
+
+def test_training_n_characters_261_accepted():
+    d = tiny_options_dict()
+    d["char_cnn"]["n_characters"] = 261
+    assert options_from_dict(d).char_cnn.n_characters == 261
+
+
+def test_unknown_key_warns(tmp_path):
+    path = tmp_path / "o.json"
+    path.write_text(json.dumps({**tiny_options_dict(), "mystery": 1}))
+    with pytest.warns(UserWarning, match="unknown key 'mystery'"):
+        load_options(path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(OptionsError, match="not found"):
+        load_options(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\n  'lstm': 1}")
+    with pytest.raises(OptionsError, match=r"bad.json: invalid JSON at line 2"):
+        load_options(bad)
+    with pytest.raises(OptionsError, match="is a directory"):
+        load_options(tmp_path)
