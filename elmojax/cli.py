@@ -8,6 +8,7 @@ underscore spellings work too) and AllenNLP's ``elmo`` command for ``embed``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -92,6 +93,173 @@ def _run_embed(args: argparse.Namespace) -> None:
     print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
 
 
+def _add_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize, shuffle and shard a corpus; write the vocabulary",
+        description="Turn raw text, a CSV/TSV column or a local TFDS dataset into DIR/train/shard_*.txt, "
+        "DIR/heldout/shard_*.txt (one tokenized sentence a line), DIR/vocab.txt and DIR/stats.json.",
+    )
+    p.add_argument("inputs", metavar="INPUT", nargs="*", help="text (.txt) or CSV/TSV files, UTF-8")
+    _flag(p, "--out", required=True, help="output directory")
+    _flag(p, "--column", default=None, help="CSV/TSV column holding the text (e.g. transcript)")
+    _flag(
+        p, "--heldout-fraction", type=float, default=0.01, help="share of sentences held out (default 0.01)"
+    )
+    _flag(p, "--sentences-per-shard", type=int, default=100_000, help="sentences per shard file")
+    _flag(p, "--seed", type=int, default=0, help="shuffling seed (default 0)")
+    _flag(p, "--min-count", type=int, default=1, help="minimum count for a vocabulary token (default 1)")
+    p.add_argument("--lowercase", action="store_true", help="lowercase all text")
+    p.add_argument(
+        "--tokenized",
+        action="store_true",
+        help="input is already one tokenized sentence a line: split on whitespace only",
+    )
+    _flag(
+        p,
+        "--tfds",
+        default=None,
+        metavar="NAME[:SPLIT]",
+        help="read a TensorFlow Datasets dataset already on disk (needs the tfds extra)",
+    )
+    _flag(p, "--text-key", default=None, help="feature holding the text in the TFDS dataset")
+    p.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from elmojax.prepare import prepare_corpus
+
+    if not args.inputs and not args.tfds:
+        raise ElmoError("give at least one INPUT file or --tfds NAME")
+    stats = prepare_corpus(
+        args.inputs,
+        args.out,
+        column=args.column,
+        heldout_fraction=args.heldout_fraction,
+        sentences_per_shard=args.sentences_per_shard,
+        seed=args.seed,
+        min_count=args.min_count,
+        lowercase=args.lowercase,
+        tokenized=args.tokenized,
+        tfds=args.tfds,
+        text_key=args.text_key,
+        errors=args.errors,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(stats))
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a biLM (resumes when SAVE_DIR already holds a run)",
+        description="Train an ELMo biLM as bilm-tf's train_elmo.py does. Running the same command again "
+        "resumes from the latest checkpoint in --save-dir.",
+    )
+    _flag(p, "--options-file", required=True, help="options.json with the model and training keys")
+    _flag(p, "--train-prefix", required=True, help="glob of training shards, e.g. 'data/train/shard_*.txt'")
+    _flag(p, "--vocab-file", default=None, help="vocabulary (<S>, </S>, <UNK> first); required for a new run")
+    _flag(p, "--save-dir", required=True, help="run directory: options, vocabulary, checkpoints, metrics")
+    _flag(
+        p,
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps (default: n_epochs * n_train_tokens / tokens per step)",
+    )
+    _flag(p, "--init-from", default=None, help="start from a weights HDF5 (continued pre-training)")
+    _flag(p, "--seed", type=int, default=0, help="seed for initialisation, shuffling, dropout, sampling")
+    _flag(p, "--batch-size", type=int, default=None, help="override batch_size (per device) of the options")
+    _flag(p, "--n-epochs", type=int, default=None, help="override n_epochs of the options")
+    _flag(p, "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
+    _flag(p, "--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
+    _flag(p, "--log-every", type=int, default=10, help="steps between metric lines (default 10)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host; see the README)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    from elmojax.train import TrainConfig, options_with_overrides, train
+
+    for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ElmoError(f"--{name.replace('_', '-')} must be >= 1")
+    options = options_with_overrides(args.options_file, batch_size=args.batch_size, n_epochs=args.n_epochs)
+    config = TrainConfig(
+        save_dir=args.save_dir,
+        train_prefix=args.train_prefix,
+        vocab_file=args.vocab_file,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        init_from=args.init_from,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+    )
+    last = train(options, config)
+    print(json.dumps(last))
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="held-out perplexity of a run (full softmax, every token counted)",
+        description="Print one JSON object with perplexity (exp of the mean of both directions' "
+        "cross-entropies, as bilm-tf reports it), forward_perplexity, backward_perplexity and n_tokens.",
+    )
+    _flag(p, "--save-dir", required=True, help="training run directory")
+    _flag(p, "--test-prefix", required=True, help="glob of held-out files")
+    _flag(p, "--vocab-file", default=None, help="vocabulary (default: the run's own)")
+    _flag(p, "--batch-size", type=int, default=None, help="rows per batch (default: the run's batch_size)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from elmojax.evaluate import evaluate
+
+    print(
+        json.dumps(
+            evaluate(args.save_dir, args.test_prefix, vocab_file=args.vocab_file, batch_size=args.batch_size)
+        )
+    )
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write the standard ELMo files (weights HDF5, options.json, vocab.txt) of a run",
+        description="Write the latest checkpoint of --save-dir as a bilm-tf layout weights HDF5, with "
+        "options.json (n_characters 262) and vocab.txt beside it.",
+    )
+    _flag(p, "--save-dir", required=True, help="training run directory")
+    _flag(p, "--outfile", required=True, help="weights HDF5 to write")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from elmojax.train import export_run
+
+    out = export_run(args.save_dir, args.outfile)
+    print(f"wrote {out}, {out.parent / 'options.json'} and {out.parent / 'vocab.txt'}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``elmojax`` argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(
@@ -99,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train ELMo biLMs in JAX; contextual embeddings compatible with bilm-tf and AllenNLP.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_export(sub)
     _add_embed(sub)
     return parser
 

@@ -26,7 +26,7 @@ from elmojax.errors import ElmoError, InputTextError
 from elmojax.fileio import atomic_path
 from elmojax.model import BiLM, LSTMState, remove_sentence_boundaries, zero_state
 from elmojax.options import ElmoOptions, load_options
-from elmojax.vocab import Batcher, TokenBatcher, Vocabulary
+from elmojax.vocab import Batcher, TokenBatcher, Vocabulary, trim_char_ids
 from elmojax.weights import load_weights
 
 
@@ -41,6 +41,11 @@ def _pow2(n: int, minimum: int = 1) -> int:
 def bucket_time(n: int) -> int:
     """Bucketed sequence length: multiples of 16 up to 64, then powers of two."""
     return _round_up(max(n, 1), 16) if n <= 64 else _pow2(n)
+
+
+def bucket_count(n: int) -> int:
+    """Bucketed number of distinct tokens: powers of two up to 256, then multiples of 256."""
+    return _pow2(n, 16) if n <= 256 else _round_up(n, 256)
 
 
 class Embedder:
@@ -71,6 +76,7 @@ class Embedder:
         self.model = BiLM(options, precision=precision)
         if options.char_cnn is not None:
             self._batcher = Batcher(options.char_cnn.max_characters_per_token, vocab)
+            self._max_width = max(w for w, _ in options.char_cnn.filters)
         else:
             self._token_batcher = TokenBatcher(vocab)
         devices = list(devices) if devices is not None else jax.local_devices()
@@ -109,7 +115,8 @@ class Embedder:
     def _tokens(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Distinct token inputs ``[U, ...]`` and the index ``[B, T]`` into them (0 = padding)."""
         if self.options.char_cnn is not None:
-            return self._batcher.batch_unique(sentences)
+            table, index = self._batcher.batch_unique(sentences)
+            return trim_char_ids(table, self._max_width), index
         ids = self._token_batcher.batch_sentences(sentences)
         table, index = np.unique(ids, return_inverse=True)
         if table[0] != 0:  # keep row 0 the padding row even in a batch without padding
@@ -132,7 +139,7 @@ class Embedder:
         table, index = self._tokens(sentences)
         rows = _round_up(_pow2(n), self.n_devices)
         steps = bucket_time(index.shape[1])
-        n_unique = _round_up(_pow2(table.shape[0], 16), self.n_devices)
+        n_unique = _round_up(bucket_count(table.shape[0]), self.n_devices)
         index = np.pad(index, ((0, rows - n), (0, steps - index.shape[1])))
         table = np.pad(table, ((0, n_unique - table.shape[0]),) + ((0, 0),) * (table.ndim - 1))
         if self.stateful:
@@ -140,7 +147,7 @@ class Embedder:
         else:
             state = zero_state(self.options, rows)
         state = jax.device_put(state, self._state_sharding)
-        self.shapes_compiled.add((rows, steps, n_unique))
+        self.shapes_compiled.add((rows, steps, *table.shape))
         out, new_state = self._forward(
             self.params, jax.device_put(table, self._rows), jax.device_put(index, self._rows), *state
         )
@@ -161,18 +168,38 @@ class Embedder:
         return LSTMState(self._state.c[:, :, :rows], self._state.h[:, :, :rows])
 
     def embed_sentences(
-        self, sentences: Iterable[Sequence[str]], batch_size: int | None = None
+        self, sentences: Iterable[Sequence[str]], batch_size: int | None = None, sort_window: int = 8
     ) -> Iterator[np.ndarray]:
-        """Embed a stream of sentences in batches, yielding one array per sentence in order."""
+        """Embed a stream of sentences in batches, yielding one array per sentence in input order.
+
+        Stateless embedders group sentences of similar length: ``sort_window`` batches' worth of
+        sentences are sorted by length before batching (results do not depend on batch mates, so
+        this only saves padded LSTM steps). Stateful ones keep the input order, which defines
+        their results.
+        """
         batch_size = batch_size or self.batch_size
-        batch: list[Sequence[str]] = []
+        window = batch_size * (1 if self.stateful else max(1, sort_window))
+        chunk: list[Sequence[str]] = []
         for sent in sentences:
-            batch.append(sent)
-            if len(batch) == batch_size:
-                yield from self.embed_batch(batch)
-                batch = []
-        if batch:
-            yield from self.embed_batch(batch)
+            chunk.append(sent)
+            if len(chunk) == window:
+                yield from self._embed_chunk(chunk, batch_size)
+                chunk = []
+        if chunk:
+            yield from self._embed_chunk(chunk, batch_size)
+
+    def _embed_chunk(self, chunk: list[Sequence[str]], batch_size: int) -> list[np.ndarray]:
+        order = (
+            list(range(len(chunk)))
+            if self.stateful
+            else sorted(range(len(chunk)), key=lambda i: len(chunk[i]))
+        )
+        out: list[np.ndarray | None] = [None] * len(chunk)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            for i, emb in zip(idx, self.embed_batch([chunk[i] for i in idx]), strict=True):
+                out[i] = emb
+        return out
 
 
 def read_sentences(path: str | Path) -> list[list[str]]:
