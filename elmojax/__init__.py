@@ -26,11 +26,15 @@ _LAZY = {
     "load_weights": "elmojax.weights",
     "save_weights": "elmojax.weights",
     "ElmoError": "elmojax.errors",
+    "ScalarMix": "elmojax.elmo",
+    "Elmo": "elmojax.elmo",
+    "with_pretrained_bilm": "elmojax.elmo",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from elmojax.elmo import Elmo, ScalarMix, with_pretrained_bilm  # noqa: F401
     from elmojax.embed import Embedder, embed_file  # noqa: F401
     from elmojax.errors import ElmoError  # noqa: F401
     from elmojax.model import BiLM  # noqa: F401

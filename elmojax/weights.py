@@ -22,8 +22,10 @@ from elmojax.options import N_CHARACTERS, ElmoOptions
 _RNN_PREFIX = "RNN_{d}/RNN/MultiRNNCell/Cell{l}/LSTMCell/"
 
 
-def _entries(options: ElmoOptions, n_dirs: int = 2) -> Iterator[tuple[str, tuple[str, ...], tuple[int, ...]]]:
-    """(HDF5 dataset name, parameter path, file shape) for every tensor of the biLM."""
+def standard_datasets(
+    options: ElmoOptions, n_dirs: int = 2
+) -> Iterator[tuple[str, tuple[str, ...], tuple[int, ...]]]:
+    """Every tensor of the standard weights file: (HDF5 dataset name, parameter path, file shape)."""
     p, lstm = options.projection_dim, options.lstm
     c = options.char_cnn
     if c is not None:
@@ -89,7 +91,7 @@ def load_weights(path: str | Path, options: ElmoOptions) -> dict:
         ) from None
     params: dict = {}
     with fin:
-        for name, param_path, shape in _entries(options):
+        for name, param_path, shape in standard_datasets(options):
             if name not in fin or not isinstance(fin[name], h5py.Dataset):
                 raise WeightsError(
                     f"{path}: dataset '{name}' is missing; the file does not match the options "
@@ -129,7 +131,7 @@ def save_weights(params: dict, options: ElmoOptions, path: str | Path) -> None:
     tree = params.get("params", params)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True) as fout:
-            for name, param_path, shape in _entries(options):
+            for name, param_path, shape in standard_datasets(options):
                 value = np.asarray(_get(tree, param_path), dtype=np.float32)
                 if _has_padding_row(name):
                     value = value[1:]  # drop the padding row: readers prepend it

@@ -8,7 +8,7 @@ import pytest
 
 from elmojax.errors import WeightsError
 from elmojax.options import load_options
-from elmojax.weights import _entries, load_weights, save_weights
+from elmojax.weights import standard_datasets, load_weights, save_weights
 from tests.conftest import ROOT
 
 
@@ -24,7 +24,7 @@ def test_fixture_round_trip_bit_for_bit(fixture_dir, tmp_path):
     out1, out2 = tmp_path / "a.hdf5", tmp_path / "b.hdf5"
     save_weights(params, options, out1)
     with h5py.File(fixture_dir / "lm_weights.hdf5", "r") as ref, h5py.File(out1, "r") as new:
-        names = [n for n, _, _ in _entries(options)]
+        names = [n for n, _, _ in standard_datasets(options)]
         datasets = []
         ref.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
         assert sorted(names) == sorted(datasets)  # every tensor of the file, nothing more
@@ -118,7 +118,7 @@ def test_published_sizes_load(tmp_path, size):
     rng = np.random.default_rng(0)
     path = tmp_path / f"{size}.hdf5"
     with h5py.File(path, "w") as f:
-        for name, _, shape in _entries(options):
+        for name, _, shape in standard_datasets(options):
             f.create_dataset(name, data=rng.standard_normal(shape, dtype=np.float32) * 0.01)
     params = load_weights(path, options)["params"]
     w0 = params["RNN_1"]["Cell1"]["W_0"]
