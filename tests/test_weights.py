@@ -8,7 +8,7 @@ import pytest
 
 from elmojax.errors import WeightsError
 from elmojax.options import load_options
-from elmojax.weights import standard_datasets, load_weights, save_weights
+from elmojax.weights import load_weights, save_weights, standard_datasets
 from tests.conftest import ROOT
 
 

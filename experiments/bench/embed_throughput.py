@@ -26,7 +26,7 @@ import numpy as np
 
 from elmojax.embed import Embedder
 from elmojax.options import load_options
-from elmojax.weights import standard_datasets, load_weights
+from elmojax.weights import load_weights, standard_datasets
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
