@@ -1,0 +1,89 @@
+"""Softmax losses of the biLM: TensorFlow's sampled softmax (as bilm-tf trains) and the full softmax.
+
+The sampler is TensorFlow's default for ``sampled_softmax_loss``: log-uniform (Zipf) over ids
+``0..V-1`` with ``P(k) = log((k + 2) / (k + 1)) / log(V + 1)``, drawn until ``S`` distinct ids are
+found (``unique=True``). It runs on the host with a seeded numpy generator, so a step's negatives
+are a pure function of (seed, step) and resuming needs no sampler state. Under unique sampling
+the expected count of class ``k`` is ``1 - (1 - P(k)) ** num_tries``; true and sampled logits are
+corrected by its log, and sampled ids equal to a row's label ("accidental hits") are removed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+#: added to the logits of accidental hits; finite so that gradients stay finite
+_ACCIDENTAL_HIT = -1e30
+
+
+def sample_log_uniform(rng: np.random.Generator, n_classes: int, n_sampled: int) -> tuple[np.ndarray, int]:
+    """Draw ``n_sampled`` distinct ids log-uniformly: ``(ids int32 [n_sampled], num_tries)``.
+
+    ``num_tries`` counts every draw up to and including the one that completed the set, as
+    TensorFlow's unique sampler reports it. Requires ``n_sampled < n_classes``.
+    """
+    if not 0 < n_sampled < n_classes:
+        raise ValueError(f"n_sampled ({n_sampled}) must be between 1 and n_classes - 1 ({n_classes - 1})")
+    log_range = np.log(n_classes + 1.0)
+    seen = np.zeros(n_classes, bool)
+    ids: list[np.ndarray] = []
+    found, tries = 0, 0
+    chunk = max(2 * n_sampled, 64)
+    while found < n_sampled:
+        draws = np.floor(np.exp(rng.random(chunk) * log_range)).astype(np.int64) - 1
+        draws = np.clip(draws, 0, n_classes - 1)
+        # first occurrences within the chunk, in draw order, that were not seen before
+        _, first = np.unique(draws, return_index=True)
+        first.sort()
+        new = first[~seen[draws[first]]]
+        need = n_sampled - found
+        if len(new) >= need:
+            take = new[:need]
+            tries += int(take[-1]) + 1
+        else:
+            take = new
+            tries += chunk
+        seen[draws[take]] = True
+        ids.append(draws[take])
+        found += len(take)
+    return np.concatenate(ids).astype(np.int32), tries
+
+
+def log_expected_count(ids: Array, num_tries: Array | int, n_classes: int) -> Array:
+    """``log(1 - (1 - P(k)) ** num_tries)`` for each id, computed stably in float32."""
+    ids = jnp.asarray(ids, jnp.float32)
+    p = (jnp.log1p(1.0 / (ids + 1.0))) / jnp.log(n_classes + 1.0)
+    return jnp.log(-jnp.expm1(jnp.asarray(num_tries, jnp.float32) * jnp.log1p(-p)))
+
+
+def sampled_softmax_loss(
+    weights: Array, biases: Array, inputs: Array, labels: Array, sampled_ids: Array, num_tries: Array | int
+) -> Array:
+    """Per-row sampled softmax cross-entropy (TensorFlow's ``sampled_softmax_loss``).
+
+    ``weights [V, P]``, ``biases [V]``, ``inputs [N, P]``, ``labels [N]``, ``sampled_ids [S]`` ->
+    ``[N]``. Only the ``S`` sampled rows and the label rows of ``weights`` are touched.
+    """
+    n_classes = weights.shape[0]
+    labels = labels.astype(jnp.int32)
+    true_w = jnp.take(weights, labels, axis=0)  # [N, P]
+    true_logit = jnp.sum(inputs * true_w, axis=-1) + jnp.take(biases, labels)
+    true_logit = true_logit - log_expected_count(labels, num_tries, n_classes)
+    sampled_w = jnp.take(weights, sampled_ids, axis=0)  # [S, P]
+    sampled_logits = inputs @ sampled_w.T + jnp.take(biases, sampled_ids)
+    sampled_logits = sampled_logits - log_expected_count(sampled_ids, num_tries, n_classes)
+    hits = labels[:, None] == sampled_ids[None, :]
+    sampled_logits = jnp.where(hits, sampled_logits + _ACCIDENTAL_HIT, sampled_logits)
+    logits = jnp.concatenate([true_logit[:, None], sampled_logits], axis=1)
+    return jax.nn.logsumexp(logits, axis=1) - true_logit
+
+
+def full_softmax_loss(weights: Array, biases: Array, inputs: Array, labels: Array) -> Array:
+    """Per-row cross-entropy over the whole vocabulary: ``[N, P]``, ``[N]`` -> ``[N]``."""
+    logits = inputs @ weights.T + biases
+    true_logit = jnp.take_along_axis(logits, labels.astype(jnp.int32)[:, None], axis=1)[:, 0]
+    return jax.nn.logsumexp(logits, axis=1) - true_logit

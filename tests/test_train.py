@@ -1,0 +1,195 @@
+"""Training, evaluation and export on a tiny model and a small synthetic corpus (CPU, seconds)."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from elmojax.embed import Embedder
+from elmojax.errors import ElmoError
+from elmojax.evaluate import evaluate
+from elmojax.options import load_options, options_from_dict
+from elmojax.train import TrainConfig, export_run, restore_params, train
+from elmojax.weights import load_weights, save_weights
+from tests.conftest import ROOT, tiny_options_dict
+
+TRAIN_KEYS = {
+    "batch_size": 4,
+    "unroll_steps": 6,
+    "n_negative_samples_batch": 12,
+    "dropout": 0.1,
+    "n_epochs": 1,
+}
+
+
+def write_corpus(directory, n_sentences=300, seed=0):
+    """A corpus with learnable structure: subject-verb-object sentences from small word lists."""
+    rng = np.random.default_rng(seed)
+    subjects = ["the cat", "a dog", "my friend", "the teacher", "our neighbour"]
+    verbs = ["sees", "likes", "finds", "helps"]
+    objects = ["the ball", "a book", "the garden", "some bread", "the river"]
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} ." for _ in range(n_sentences)
+    ]
+    half = n_sentences // 2
+    (directory / "shard_0.txt").write_text("\n".join(lines[:half]) + "\n")
+    (directory / "shard_1.txt").write_text("\n".join(lines[half:]) + "\n")
+    counts: dict[str, int] = {}
+    for line in lines:
+        for tok in line.split():
+            counts[tok] = counts.get(tok, 0) + 1
+    vocab = ["<S>", "</S>", "<UNK>"] + sorted(counts, key=lambda t: (-counts[t], t))
+    (directory.parent / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return str(directory / "shard_*.txt"), str(directory.parent / "vocab.txt")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    train_glob, vocab = write_corpus(root / "train")
+    heldout_glob, _ = write_corpus(root / "heldout" / "x", n_sentences=40, seed=1)
+    return train_glob, heldout_glob, vocab
+
+
+@pytest.fixture(scope="module")
+def train_options():
+    return options_from_dict(tiny_options_dict(**TRAIN_KEYS), source="tiny-train")
+
+
+def config(save_dir, corpus, **kw):
+    train_glob, _, vocab = corpus
+    return TrainConfig(
+        save_dir=str(save_dir), train_prefix=train_glob, vocab_file=vocab, progress=False, **kw
+    )
+
+
+def flat_params(save_dir):
+    params, step = restore_params(save_dir)
+    return step, [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+
+
+def test_loss_falls_and_evaluate_counts_every_token(tmp_path, corpus, train_options):
+    _, heldout, _ = corpus
+    run = tmp_path / "run"
+    train(train_options, config(run, corpus, max_steps=1, checkpoint_every=100))
+    before = evaluate(run, heldout)
+    train(train_options, config(run, corpus, max_steps=150, checkpoint_every=50, log_every=25))
+    after = evaluate(run, heldout)
+    # every target counted: each sentence of n tokens has n + 1 targets (the last one is </S>)
+    lines = [line for p in sorted(glob.glob(heldout)) for line in open(p) if line.strip()]
+    n_targets = sum(len(line.split()) + 1 for line in lines)
+    assert before["n_tokens"] == after["n_tokens"] == n_targets
+    assert after["step"] == 150
+    assert after["perplexity"] < 0.5 * before["perplexity"], (before, after)
+    assert after["forward_perplexity"] < 8 and after["backward_perplexity"] < 8
+    combined = np.exp((np.log(after["forward_perplexity"]) + np.log(after["backward_perplexity"])) / 2)
+    assert after["perplexity"] == pytest.approx(combined, rel=1e-9)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [
+        1,
+        2,
+        25,
+        50,
+        75,
+        100,
+        125,
+        150,
+    ]  # first step of each session too
+
+
+def test_resume_is_exact(tmp_path, corpus, train_options):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(train_options, config(straight, corpus, max_steps=8, checkpoint_every=4))
+    train(train_options, config(resumed, corpus, max_steps=4, checkpoint_every=4))
+    train(train_options, config(resumed, corpus, max_steps=8, checkpoint_every=4))
+    step_a, a = flat_params(straight)
+    step_b, b = flat_params(resumed)
+    assert step_a == step_b == 8
+    for x, y in zip(a, b, strict=True):
+        assert x.tobytes() == y.tobytes()  # bit for bit on CPU
+
+
+def test_other_options_in_existing_run_dir_is_an_error(tmp_path, corpus, train_options):
+    run = tmp_path / "run"
+    train(train_options, config(run, corpus, max_steps=1))
+    other = train_options.replace_training(learning_rate=0.5)
+    with pytest.raises(ElmoError, match="written with other options .*learning_rate"):
+        train(other, config(run, corpus, max_steps=2))
+
+
+def md5(path):
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+def test_export_embed_and_init_from(tmp_path, corpus, train_options):
+    run = tmp_path / "run"
+    train(train_options, config(run, corpus, max_steps=3))
+    out = tmp_path / "export" / "weights.hdf5"
+    export_run(run, out)
+    assert (out.parent / "options.json").exists() and (out.parent / "vocab.txt").exists()
+    exported_opts = json.loads((out.parent / "options.json").read_text())
+    assert exported_opts["char_cnn"]["n_characters"] == 262
+    # export -> load -> export is bit for bit
+    opts = load_options(out.parent / "options.json")
+    again = tmp_path / "again.hdf5"
+    save_weights(load_weights(out, opts), opts, again)
+    assert md5(out) == md5(again)
+    # the exported files embed, and equal the biLM of the checkpoint
+    params, _ = restore_params(run)
+    direct = Embedder(opts, {"params": params["bilm"]}).embed_batch([["the", "cat", "sees"]])[0]
+    from_files = Embedder.from_files(out.parent / "options.json", out, out.parent / "vocab.txt")
+    np.testing.assert_array_equal(from_files.embed_batch([["the", "cat", "sees"]])[0], direct)
+    # --init-from starts a new run from the exported biLM (fresh softmax) and continues training
+    run2 = tmp_path / "run2"
+    train(train_options, config(run2, corpus, max_steps=1, init_from=str(out)))
+    params2, _ = restore_params(run2)
+    w_before = np.asarray(params["bilm"]["RNN_0"]["Cell0"]["W_0"])
+    w_after = np.asarray(params2["bilm"]["RNN_0"]["Cell0"]["W_0"])
+    assert 0 < np.abs(w_after - w_before).max() < 0.5  # started from the export, then one step
+
+
+MULTIDEVICE_TRAIN = r"""
+import sys, jax, numpy as np
+sys.path.insert(0, ".")
+from pathlib import Path
+from elmojax.options import load_options, options_from_dict
+from elmojax.train import TrainConfig, train, restore_params
+from tests.conftest import tiny_options_dict
+from tests.test_train import TRAIN_KEYS, write_corpus
+assert jax.local_device_count() == 4
+tmp = Path(sys.argv[1])
+train_glob, vocab = write_corpus(tmp / "train")
+devs = jax.devices()
+runs = {}
+for name, per_device, devices in (("one", 4, devs[:1]), ("four", 1, devs)):
+    o = options_from_dict(tiny_options_dict(**{**TRAIN_KEYS, "batch_size": per_device, "dropout": 0.0}))
+    cfg = TrainConfig(save_dir=str(tmp / name), train_prefix=train_glob, vocab_file=vocab, max_steps=2,
+                      progress=False)
+    train(o, cfg, devices=devices)
+    runs[name] = jax.tree_util.tree_leaves(restore_params(tmp / name)[0])
+diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(runs["one"], runs["four"]))
+print("maxdiff", diff)
+assert diff <= 1e-6, diff
+"""
+
+
+def test_data_parallel_equals_single_device(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run(
+        [sys.executable, "-c", MULTIDEVICE_TRAIN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "maxdiff" in r.stdout
