@@ -39,7 +39,7 @@ from elmojax.fileio import atomic_write_text, check_writable_dir
 from elmojax.model import BiLM, LSTMState, zero_state
 from elmojax.options import ElmoOptions, load_options, options_from_dict
 from elmojax.softmax import full_softmax_loss, sample_log_uniform, sampled_softmax_loss
-from elmojax.vocab import Batcher, Vocabulary
+from elmojax.vocab import Batcher, Vocabulary, trim_char_ids
 from elmojax.weights import load_weights
 
 #: consecutive non-finite steps after which training stops with an error
@@ -186,9 +186,17 @@ class Trainer:
                 flat = inputs.reshape(-1)
             table, inverse = np.unique(flat, axis=0, return_inverse=True)
             per_device.append((table, inverse.reshape(inputs.shape[:3])))
+        keep = 0
+        if char:
+            width = max(w for w, _ in self.options.char_cnn.filters)
+            keep = max(trim_char_ids(t, width).shape[-1] for t, _ in per_device)
         bucket = max(_bucket(len(t)) for t, _ in per_device)
         if jax.process_count() > 1:  # every process must compile the same shapes
-            bucket = int(multihost_utils.process_allgather(np.array(bucket)).max())
+            bucket, keep = (
+                int(v) for v in multihost_utils.process_allgather(np.array([bucket, keep])).max(0)
+            )
+        if char:
+            per_device = [(t[:, :keep], inv) for t, inv in per_device]
         first_global = jax.process_index() * n_local
         tables, index = [], []
         for d, (table, inv) in enumerate(per_device):
@@ -522,18 +530,15 @@ def train(
         dynamic_ncols=True,
     )
     last: dict = {}
-    tokens_done, t_last, tokens_since = (
-        start * trainer.global_rows * t.unroll_steps * trainer.n_dirs,
-        time.time(),
-        0,
-    )
+    tokens_per_step = trainer.global_rows * t.unroll_steps  # counted as bilm-tf counts n_train_tokens
+    tokens_done, t_last, tokens_since = start * tokens_per_step, time.time(), 0
     with _Preemption() as preempt, open(metrics_path, "a", encoding="utf-8") as mlog:
         step = start
         while step < total_steps:
             batch = trainer.make_batch(next(stream), step, config.seed)
             state, metrics = trainer.step(state, batch)
             step += 1
-            tokens_since += trainer.global_rows * t.unroll_steps * trainer.n_dirs
+            tokens_since += tokens_per_step
             if step % config.log_every == 0 or step == total_steps or step == start + 1:
                 m = jax.device_get(metrics)
                 now = time.time()
