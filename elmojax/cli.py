@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -283,9 +284,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ElmoError as e:
         print(f"elmojax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, ...: name the file, not the stack
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"elmojax {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"elmojax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if os.environ.get("ELMOJAX_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(
+            f"elmojax {args.command}: internal error: {type(e).__name__}: {first[:300]} "
+            "(set ELMOJAX_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

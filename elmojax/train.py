@@ -486,20 +486,8 @@ def train(
     )
     mngr = checkpoint_manager(save_dir, every=config.checkpoint_every, keep=config.keep_checkpoints)
     metrics_path = save_dir / "metrics.jsonl"
-    latest = mngr.latest_step()
-    if latest is not None:
-        try:
-            restored = mngr.restore(
-                latest,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(trainer.abstract_state()), data=ocp.args.JsonRestore()
-                ),
-            )
-        except ValueError as e:
-            raise ElmoError(
-                f"{save_dir}: checkpoint {latest} does not fit this run ({str(e).splitlines()[0][:200]}); "
-                "resume with the same options, batch size and number of devices"
-            ) from None
+    restored, latest = _restore_latest(mngr, trainer, save_dir)
+    if restored is not None:
         state = restored["state"]
         stream.load_state_dict(restored["data"]["process"][str(jax.process_index())])
         _truncate_metrics(metrics_path, latest)
@@ -584,6 +572,46 @@ def train(
         mngr.wait_until_finished()
     bar.close()
     return last
+
+
+def _restore_latest(mngr: ocp.CheckpointManager, trainer: Trainer, save_dir: Path) -> tuple[Any, int | None]:
+    """Restore the newest readable checkpoint; an unreadable one (a damaged disk, a copy cut short)
+    is skipped with a warning in favour of the one before it."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    unreadable: list[int] = []
+    for step in steps:
+        try:
+            restored = mngr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(trainer.abstract_state()), data=ocp.args.JsonRestore()
+                ),
+            )
+            for bad in unreadable:  # moved aside (not deleted) so that training can write these steps again
+                src = Path(mngr.directory) / str(bad)
+                src.rename(src.with_name(f"{bad}.unreadable-{int(time.time())}"))
+            mngr.reload()
+            return restored, step
+        except ValueError as e:
+            if "not compatible" in str(e) or "shape" in str(e):
+                raise ElmoError(
+                    f"{save_dir}: checkpoint {step} does not fit this run ({str(e).splitlines()[0][:200]}); "
+                    "resume with the same options, batch size and number of devices"
+                ) from None
+            print(
+                f"warning: {save_dir}: checkpoint {step} is unreadable ({e}); trying an older one",
+                file=sys.stderr,
+            )
+        except Exception as e:  # noqa: BLE001 - any damage to one step must not lose the run
+            unreadable.append(step)
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            print(
+                f"warning: {save_dir}: checkpoint {step} is unreadable ({first}); trying an older one",
+                file=sys.stderr,
+            )
+    if steps:
+        raise ElmoError(f"{save_dir}: no readable checkpoint among steps {steps}; use a new --save-dir")
+    return None, None
 
 
 def _gather_positions(position: dict) -> dict[str, dict]:

@@ -1,0 +1,320 @@
+"""Faults and bad input: kills, preemption, non-finite steps, damaged checkpoints, unwritable outputs."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from elmojax.cli import main
+from elmojax.errors import ElmoError
+from elmojax.options import options_from_dict
+from elmojax.train import TrainConfig, checkpoint_manager, restore_params, train
+from elmojax.weights import save_weights
+from tests.conftest import ROOT, tiny_options_dict
+from tests.test_train import TRAIN_KEYS, write_corpus
+
+KILL_STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel")
+    train_glob, vocab = write_corpus(root / "train")
+    options = options_from_dict(tiny_options_dict(**TRAIN_KEYS))
+    options.save(root / "options.json")
+    return root, train_glob, vocab, options
+
+
+def cli_train(root, train_glob, vocab, run, steps, every):
+    return [
+        sys.executable,
+        "-m",
+        "elmojax",
+        "train",
+        "--options-file",
+        str(root / "options.json"),
+        "--train-prefix",
+        train_glob,
+        "--vocab_file",
+        vocab,
+        "--save-dir",
+        str(run),
+        "--max-steps",
+        str(steps),
+        "--checkpoint-every",
+        str(every),
+        "--log-every",
+        "1",
+        "--no-progress",
+    ]
+
+
+def leaves(run):
+    step, params = restore_params(run)[1], restore_params(run)[0]
+    return step, [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+
+
+def logged_step(run: Path) -> int:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    steps = [int(m.group(1)) for line in lines if (m := re.match(r'\{"step": (\d+)', line))]
+    return max(steps, default=0)
+
+
+def run_until(cmd, run: Path, kill_when, timeout=120.0) -> tuple[str, int]:
+    """Start ``cmd``; SIGKILL it as soon as ``kill_when(run)`` is true. Returns (what happened, rc)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if kill_when(run):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return "killed", proc.returncode
+        time.sleep(0.001)
+    proc.wait(timeout=5)
+    return "finished", proc.returncode
+
+
+def saving_now(run: Path) -> bool:
+    ckpt = run / "checkpoints"
+    return ckpt.exists() and any("tmp" in p.name for p in ckpt.iterdir())
+
+
+def test_kill_9_at_several_points_then_resume_is_bit_exact(setup, tmp_path):
+    root, train_glob, vocab, options = setup
+    reference = tmp_path / "reference"
+    subprocess.run(
+        cli_train(root, train_glob, vocab, reference, KILL_STEPS, 2),
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    run = tmp_path / "killed"
+    cmd = cli_train(root, train_glob, vocab, run, KILL_STEPS, 2)
+    kills = 0
+    caught_in_save = False
+    for condition in (
+        lambda r: logged_step(r) >= 3,  # early, between checkpoints
+        saving_now,  # while orbax is writing a checkpoint
+        lambda r: logged_step(r) >= 25,
+    ):
+        outcome, rc = run_until(cmd, run, condition)
+        if outcome == "killed":
+            kills += 1
+            caught_in_save |= condition is saving_now
+            # a kill never leaves a partial checkpoint under a final step name
+            for step in checkpoint_manager(run).all_steps():
+                assert (run / "checkpoints" / str(step) / "state").is_dir()
+    assert kills >= 2, "the run finished before the kills could happen"
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    step_a, a = leaves(reference)
+    step_b, b = leaves(run)
+    assert step_a == step_b == KILL_STEPS
+    for x, y in zip(a, b, strict=True):
+        assert x.tobytes() == y.tobytes()
+    print(f"kills survived: {kills}, one during a checkpoint write: {caught_in_save}")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(setup, tmp_path):
+    root, train_glob, vocab, _ = setup
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        cli_train(root, train_glob, vocab, run, 100000, 1000),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while logged_step(run) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "checkpoint saved" in err and "again to resume" in err
+    saved = checkpoint_manager(run).latest_step()
+    assert saved is not None and saved >= 5 and f"at step {saved}" in err
+
+
+def test_non_finite_steps_are_skipped_then_stop_with_the_step(setup, tmp_path, monkeypatch):
+    root, train_glob, vocab, options = setup
+    run = tmp_path / "run"
+    opts = options.replace_training(learning_rate=0.21)  # its own compiled step, patched below
+    cfg = TrainConfig(
+        save_dir=str(run),
+        train_prefix=train_glob,
+        vocab_file=vocab,
+        progress=False,
+        checkpoint_every=2,
+        log_every=1,
+        max_bad_steps=3,
+    )
+    train(opts, cfg.__class__(**{**cfg.__dict__, "max_steps": 4}))
+    before = leaves(run)
+    import elmojax.train as train_module
+
+    monkeypatch.setattr(train_module, "sampled_softmax_loss", lambda *a: np.nan * a[2][:, 0])
+    train_module._cached_trainer.cache_clear()
+    with pytest.raises(
+        ElmoError, match=r"3 consecutive steps up to step 7 had a non-finite .* checkpoint is step 4"
+    ):
+        train(opts, cfg.__class__(**{**cfg.__dict__, "max_steps": 20}))
+    train_module._cached_trainer.cache_clear()
+    after = leaves(run)
+    assert after[0] == 4
+    for x, y in zip(before[1], after[1], strict=True):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(setup, tmp_path, capsys):
+    root, train_glob, vocab, options = setup
+    run = tmp_path / "run"
+    cfg = dict(
+        save_dir=str(run), train_prefix=train_glob, vocab_file=vocab, progress=False, checkpoint_every=2
+    )
+    train(options, TrainConfig(**cfg, max_steps=4))
+    # a half-written step as a kill leaves it (orbax's temporary name) is ignored ...
+    (run / "checkpoints" / "6.orbax-checkpoint-tmp-123").mkdir()
+    assert checkpoint_manager(run).latest_step() == 4
+    # ... and a finalised but damaged one is skipped for the one before
+    for f in (run / "checkpoints" / "4" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\0" * 7)
+    train(options, TrainConfig(**cfg, max_steps=6))
+    assert "checkpoint 4 is unreadable" in capsys.readouterr().err
+    assert checkpoint_manager(run).latest_step() == 6
+
+
+def test_unwritable_output_is_reported_before_work(setup, tmp_path, capsys):
+    root, train_glob, vocab, _ = setup
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert (
+        main(
+            [
+                "train",
+                "--options-file",
+                str(root / "options.json"),
+                "--train-prefix",
+                train_glob,
+                "--vocab-file",
+                vocab,
+                "--save-dir",
+                str(blocker / "run"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "cannot create output directory" in err and "file/run" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"ok line\n\xff\xfe bad\n", "line 2: invalid UTF-8 at byte 0"),
+        (b"one\n\n", "line 2: empty line"),
+        (b"", "input file is empty"),
+    ],
+)
+def test_embed_bad_input_text(tiny_options, tiny_params, tmp_path, capsys, content, expected):
+    tiny_options.save(tmp_path / "options.json", for_export=True)
+    save_weights(tiny_params, tiny_options, tmp_path / "w.hdf5")
+    (tmp_path / "in.txt").write_bytes(content)
+    args = [
+        "embed",
+        str(tmp_path / "in.txt"),
+        str(tmp_path / "out.hdf5"),
+        "--options-file",
+        str(tmp_path / "options.json"),
+        "--weight-file",
+        str(tmp_path / "w.hdf5"),
+        "--no-progress",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "in.txt" in err and "\n" not in err
+    assert not (tmp_path / "out.hdf5").exists()
+
+
+def test_embed_tolerates_bom_crlf_nul_and_long_tokens(tiny_options, tiny_params, tmp_path):
+    import h5py
+
+    tiny_options.save(tmp_path / "options.json", for_export=True)
+    save_weights(tiny_params, tiny_options, tmp_path / "w.hdf5")
+    long_token = "x" * 300
+    (tmp_path / "in.txt").write_bytes(
+        b"\xef\xbb\xbfhello world\r\nnul\x00sep " + long_token.encode() + b"\r\n"
+    )
+    args = [
+        "embed",
+        str(tmp_path / "in.txt"),
+        str(tmp_path / "out.hdf5"),
+        "--options-file",
+        str(tmp_path / "options.json"),
+        "--weight-file",
+        str(tmp_path / "w.hdf5"),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    with h5py.File(tmp_path / "out.hdf5") as f:
+        assert f["0"].shape[1] == 2 and f["1"].shape[1] == 3
+        assert np.isfinite(f["1"][...]).all()
+
+
+def test_no_pickle_anywhere_in_the_library():
+    """Loading untrusted files never executes code: only JSON, HDF5 and orbax checkpoints."""
+    for path in (ROOT / "elmojax").glob("*.py"):
+        text = path.read_text()
+        assert "pickle" not in text and "allow_pickle=True" not in text, path
+
+
+def test_options_unknown_key_warns_but_bad_type_fails_cleanly_from_cli(tmp_path, capsys):
+    (tmp_path / "o.json").write_text('{"lstm": {"dim": "big"}}')
+    (tmp_path / "in.txt").write_text("a\n")
+    assert (
+        main(
+            [
+                "embed",
+                str(tmp_path / "in.txt"),
+                str(tmp_path / "x.hdf5"),
+                "--options-file",
+                str(tmp_path / "o.json"),
+                "--weight-file",
+                str(tmp_path / "w.hdf5"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "o.json: key 'lstm.dim' must be int" in err and "Traceback" not in err
+
+
+def test_exports_go_through_a_temporary_name(tiny_options, tiny_params, tmp_path, monkeypatch):
+    import h5py
+
+    target = tmp_path / "w.hdf5"
+    target.write_bytes(b"previous export")
+    real = h5py.File.create_dataset
+
+    def fail_midway(self, name, *a, **k):
+        if name.startswith("RNN_1"):
+            raise OSError(28, "No space left on device")
+        return real(self, name, *a, **k)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", fail_midway)
+    with pytest.raises(OSError):
+        save_weights(tiny_params, tiny_options, target)
+    assert target.read_bytes() == b"previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.hdf5"]
