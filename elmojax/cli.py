@@ -187,6 +187,9 @@ def _add_train(sub) -> None:
         action="store_true",
         help="call jax.distributed.initialize() first (multi-host; see the README)",
     )
+    _flag(p, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
+    _flag(p, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
+    _flag(p, "--process-id", type=int, default=None, help="with --distributed: this process's index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
@@ -195,7 +198,12 @@ def _run_train(args: argparse.Namespace) -> None:
     if args.distributed:
         import jax
 
-        jax.distributed.initialize()
+        # None lets JAX detect the cluster (TPU pods, SLURM, ...) or read JAX_COORDINATOR_ADDRESS
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
     from elmojax.train import TrainConfig, options_with_overrides, train
 
     for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
