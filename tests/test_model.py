@@ -110,3 +110,38 @@ def test_skip_connections(tiny_options, tiny_params, skip):
     cell1 = {"params": tiny_params["params"]["RNN_0"]["Cell1"]}
     y1, _ = LSTMLayer(lstm_opts).apply(cell1, layers[0], mask, (s.c[0, 1], s.h[0, 1]))
     np.testing.assert_allclose(layers[1], y1 + layers[0] if skip else y1, atol=1e-6)
+
+
+@pytest.mark.parametrize("clips", [(None, None), (0.3, 0.2)])
+def test_lstm_hand_written_gradient_matches_autodiff(clips):
+    from elmojax.model import _lstm_forward, lstm_recurrence
+
+    rng = np.random.default_rng(0)
+    t, b, h, p = 5, 3, 8, 4
+    xw = jnp.asarray(rng.normal(size=(t, b, 4 * h)), jnp.float32)
+    mask = jnp.asarray(np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], bool)[..., None])
+    c0, h0 = (
+        jnp.asarray(rng.normal(size=(b, h)), jnp.float32),
+        jnp.asarray(rng.normal(size=(b, p)), jnp.float32),
+    )
+    w_h, w_p = (
+        jnp.asarray(rng.normal(size=(p, 4 * h)), jnp.float32),
+        jnp.asarray(rng.normal(size=(h, p)), jnp.float32),
+    )
+    weights = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((t, b, p), (b, h), (b, p))]
+
+    def loss(fn, *args):
+        ys, c, hh = fn(*args)
+        return jnp.sum(ys * weights[0]) + jnp.sum(c * weights[1]) + jnp.sum(hh * weights[2])
+
+    def custom(xw, c0, h0, w_h, w_p):
+        return lstm_recurrence(xw, mask, c0, h0, w_h, w_p, *clips, None)
+
+    def plain(xw, c0, h0, w_h, w_p):
+        return _lstm_forward(xw, mask, c0, h0, w_h, w_p, *clips, None, False)[:3]
+
+    args = (xw, c0, h0, w_h, w_p)
+    g_custom = jax.grad(lambda *a: loss(custom, *a), argnums=range(5))(*args)
+    g_plain = jax.grad(lambda *a: loss(plain, *a), argnums=range(5))(*args)
+    for a, b_ in zip(g_custom, g_plain, strict=True):
+        np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5)
