@@ -124,6 +124,12 @@ def _add_prepare(sub) -> None:
         help="read a TensorFlow Datasets dataset already on disk (needs the tfds extra)",
     )
     _flag(p, "--text-key", default=None, help="feature holding the text in the TFDS dataset")
+    _flag(
+        p,
+        "--tfds-data-dir",
+        default=None,
+        help="TFDS data directory (default: TFDS's own, ~/tensorflow_datasets)",
+    )
     p.add_argument(
         "--errors",
         choices=["strict", "replace"],
@@ -151,6 +157,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
         tokenized=args.tokenized,
         tfds=args.tfds,
         text_key=args.text_key,
+        tfds_data_dir=args.tfds_data_dir,
         errors=args.errors,
         progress=not args.no_progress,
     )

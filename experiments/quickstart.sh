@@ -4,11 +4,15 @@
 # -> distances of one word in different contexts. About ten minutes on 2 CPU cores.
 #
 #   bash experiments/quickstart.sh [OUT_DIR] [MAX_STEPS]        (defaults: runs/quickstart, 800)
+#
+# CORPUS (a CSV with a `transcript` column) and OPTIONS (a training options file) override the
+# bundled corpus and experiments/configs/quickstart.json; the tests use them for a seconds-long run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${1:-runs/quickstart}
 STEPS=${2:-800}
 CORPUS=${CORPUS:-experiments/data/sample_corpus.csv}
+OPTIONS=${OPTIONS:-experiments/configs/quickstart.json}
 start=$(date +%s)
 mkdir -p "$OUT"
 
@@ -17,8 +21,8 @@ elmojax prepare "$CORPUS" --column transcript --out "$OUT/data" --heldout-fracti
   > "$OUT/prepare_stats.json"
 cat "$OUT/prepare_stats.json"
 
-echo "== train: experiments/configs/quickstart.json, $STEPS steps -> $OUT/run"
-elmojax train --options-file experiments/configs/quickstart.json --train-prefix "$OUT/data/train/shard_*.txt" \
+echo "== train: $OPTIONS, $STEPS steps -> $OUT/run"
+elmojax train --options-file "$OPTIONS" --train-prefix "$OUT/data/train/shard_*.txt" \
   --vocab-file "$OUT/data/vocab.txt" --save-dir "$OUT/run" --max-steps "$STEPS" --checkpoint-every 200 \
   --log-every 20 --seed 0 > "$OUT/train_last.json"
 
