@@ -3,14 +3,14 @@
 # CSV `transcript` column -> shards + vocab -> train -> held-out perplexity -> export -> embeddings
 # -> distances of one word in different contexts. About ten minutes on 2 CPU cores.
 #
-#   bash experiments/quickstart.sh [OUT_DIR] [MAX_STEPS]        (defaults: runs/quickstart, 800)
+#   bash experiments/quickstart.sh [OUT_DIR] [MAX_STEPS]        (defaults: runs/quickstart, 2000)
 #
 # CORPUS (a CSV with a `transcript` column) and OPTIONS (a training options file) override the
 # bundled corpus and experiments/configs/quickstart.json; the tests use them for a seconds-long run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${1:-runs/quickstart}
-STEPS=${2:-800}
+STEPS=${2:-2000}
 CORPUS=${CORPUS:-experiments/data/sample_corpus.csv}
 OPTIONS=${OPTIONS:-experiments/configs/quickstart.json}
 start=$(date +%s)
@@ -23,7 +23,7 @@ cat "$OUT/prepare_stats.json"
 
 echo "== train: $OPTIONS, $STEPS steps -> $OUT/run"
 elmojax train --options-file "$OPTIONS" --train-prefix "$OUT/data/train/shard_*.txt" \
-  --vocab-file "$OUT/data/vocab.txt" --save-dir "$OUT/run" --max-steps "$STEPS" --checkpoint-every 200 \
+  --vocab-file "$OUT/data/vocab.txt" --save-dir "$OUT/run" --max-steps "$STEPS" --checkpoint-every 500 \
   --log-every 20 --seed 0 > "$OUT/train_last.json"
 
 echo "== evaluate: held-out perplexity (full softmax)"
