@@ -42,6 +42,7 @@ def distances(export_dir: Path) -> dict:
             cos = 1 - (va * vb).sum(-1) / np.maximum(
                 np.linalg.norm(va, axis=-1) * np.linalg.norm(vb, axis=-1), 1e-12
             )
+            cos = np.clip(cos, 0.0, 2.0)  # rounding gives -0.0 for identical layer-0 vectors
             out["pairs"][f"{a}~{b}"] = {"euclidean": euclid.tolist(), "cosine": cos.tolist()}
     top = {k: v["cosine"][-1] for k, v in out["pairs"].items()}
     same = top["fashion_a~fashion_b"]
