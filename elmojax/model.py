@@ -80,6 +80,45 @@ def _word_table_init(key, shape, dtype=jnp.float32):
 # --- token representations --------------------------------------------------------------------
 
 
+def _conv(x: Array, w: Array, precision: Precision) -> Array:
+    return jax.lax.conv_general_dilated(
+        x, w, (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"), precision=precision
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_max_pool(x: Array, w: Array, precision: Precision = None) -> Array:
+    """Valid 1-D convolution then max over positions: ``x [N, C, E]``, ``w [k, E, n]`` -> ``[N, n]``.
+
+    The gradient goes to the first maximal position, as TensorFlow's ``max_pool`` gradient does,
+    and is hand-written: one small GEMM pair per position instead of materialising the
+    ``[N, C - k + 1, n]`` gradient of the convolution output, which is twice as fast on CPU.
+    """
+    return jnp.max(_conv(x, w, precision), axis=1)
+
+
+def _conv_max_pool_fwd(x, w, precision):
+    y = _conv(x, w, precision)
+    idx = jnp.argmax(y, axis=1).astype(jnp.int32)
+    return jnp.max(y, axis=1), (x, w, idx)
+
+
+def _conv_max_pool_bwd(precision, saved, g):
+    x, w, idx = saved
+    k, e, n = w.shape
+    w2 = w.reshape(k * e, n)
+    dw = jnp.zeros((k * e, n), g.dtype)
+    dx = jnp.zeros_like(x)
+    for p in range(x.shape[1] - k + 1):
+        gp = jnp.where(idx == p, g, 0.0)  # [N, n]: the gradient of the positions p that won
+        dw = dw + jnp.dot(x[:, p : p + k, :].reshape(-1, k * e).T, gp, precision=precision)
+        dx = dx.at[:, p : p + k, :].add(jnp.dot(gp, w2.T, precision=precision).reshape(-1, k, e))
+    return dx, dw.reshape(k, e, n)
+
+
+conv_max_pool.defvjp(_conv_max_pool_fwd, _conv_max_pool_bwd)
+
+
 class CharCNN(nn.Module):
     """Convolutions over character embeddings, max-pooled over positions, then the activation.
 
@@ -98,11 +137,8 @@ class CharCNN(nn.Module):
             init = _uniform(0.05) if relu else _normal(float(np.sqrt(1.0 / (width * e))))
             w = self.param(f"W_cnn_{i}", init, (1, width, e, num))
             b = self.param(f"b_cnn_{i}", nn.initializers.zeros, (num,))
-            y = jax.lax.conv_general_dilated(
-                x, w[0], (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"), precision=self.precision
-            )
             # adding the bias after the max is exact: rounding is monotonic, so the same element wins
-            y = jnp.max(y, axis=1) + b
+            y = conv_max_pool(x, w[0], self.precision) + b
             outs.append(jax.nn.relu(y) if relu else jnp.tanh(y))
         return jnp.concatenate(outs, axis=-1)
 
@@ -261,6 +297,7 @@ def _lstm_fwd(xw, mask, c0, h0, w_h, w_p, cell_clip, proj_clip, precision):
 def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
     (z, c_prev, h_prev, c_raw, mid, h_raw), mask, w_h, w_p = saved
     d_ys, d_c, d_h = grads
+    w_h_t, w_p_t = jnp.transpose(w_h), jnp.transpose(w_p)
 
     def step(carry, inp):
         dc, dh = carry
@@ -270,7 +307,7 @@ def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
         c_t = _clip(c_raw_t, cell_clip)
         tc = jnp.tanh(c_t)
         d_hraw = jnp.where(m, dh + dy, 0.0) * _inside(h_raw_t, proj_clip)
-        d_mid = jnp.dot(d_hraw, w_p.T, precision=precision)
+        d_mid = jnp.dot(d_hraw, w_p_t, precision=precision)
         d_c = (jnp.where(m, dc, 0.0) + d_mid * so * (1.0 - tc * tc)) * _inside(c_raw_t, cell_clip)
         dz = jnp.concatenate(
             [
@@ -282,7 +319,7 @@ def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
             axis=-1,
         )
         dc_prev = d_c * sf + jnp.where(m, 0.0, dc)
-        dh_prev = jnp.dot(dz, w_h.T, precision=precision) + jnp.where(m, 0.0, dh)
+        dh_prev = jnp.dot(dz, w_h_t, precision=precision) + jnp.where(m, 0.0, dh)
         return (dc_prev, dh_prev), (dz, d_hraw)
 
     (dc0, dh0), (dz, d_hraw) = jax.lax.scan(

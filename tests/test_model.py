@@ -145,3 +145,24 @@ def test_lstm_hand_written_gradient_matches_autodiff(clips):
     g_plain = jax.grad(lambda *a: loss(plain, *a), argnums=range(5))(*args)
     for a, b_ in zip(g_custom, g_plain, strict=True):
         np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [1, 3, 5])
+def test_conv_max_pool_hand_written_gradient(width):
+    """Against autodiff of conv + max (no ties in random data), and TF's first-maximum rule on ties."""
+    from elmojax.model import _conv, conv_max_pool
+
+    rng = np.random.default_rng(width)
+    x = jnp.asarray(rng.normal(size=(6, 9, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(width, 4, 5)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+    got = jax.grad(lambda x, w: jnp.sum(conv_max_pool(x, w) * g), argnums=(0, 1))(x, w)
+    want = jax.grad(lambda x, w: jnp.sum(jnp.max(_conv(x, w, None), axis=1) * g), argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(conv_max_pool(x, w), jnp.max(_conv(x, w, None), axis=1), rtol=0, atol=0)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    # Equal windows tie; the whole gradient goes to the first of them, as TF's max_pool does.
+    tied = jnp.ones((1, 4, 1), jnp.float32)
+    dx = jax.grad(lambda x: jnp.sum(conv_max_pool(x, jnp.ones((1, 1, 1)))))(tied)
+    np.testing.assert_array_equal(dx[0, :, 0], [1.0, 0.0, 0.0, 0.0])
