@@ -67,6 +67,12 @@ def _add_embed(sub) -> None:
         help="carry LSTM states from batch to batch row by row, as bilm-tf and AllenNLP do "
         "(default: stateless, each sentence embedded independently)",
     )
+    p.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_embed)
 
@@ -89,6 +95,7 @@ def _run_embed(args: argparse.Namespace) -> None:
         args.output_file,
         output_format=args.output_format,
         batch_size=args.batch_size,
+        errors=args.errors,
         progress=not args.no_progress,
     )
     print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)

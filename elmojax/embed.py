@@ -202,8 +202,12 @@ class Embedder:
         return out
 
 
-def read_sentences(path: str | Path) -> list[list[str]]:
-    """Read one whitespace-tokenized sentence a line; an empty line is an error naming it."""
+def read_sentences(path: str | Path, errors: str = "strict") -> list[list[str]]:
+    """Read one whitespace-tokenized sentence a line; an empty line is an error naming it.
+
+    Invalid UTF-8 is an error naming the line and byte unless ``errors="replace"``, which replaces
+    the bytes with U+FFFD and goes on.
+    """
     path = Path(path)
     if not path.exists():
         raise InputTextError(f"{path}: input file not found")
@@ -212,13 +216,16 @@ def read_sentences(path: str | Path) -> list[list[str]]:
     sentences = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            encoding = "utf-8-sig" if lineno == 1 else "utf-8"
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                line = raw.decode(encoding)
             except UnicodeDecodeError as e:
-                raise InputTextError(
-                    f"{path}: line {lineno}: invalid UTF-8 at byte {e.start} of the line; "
-                    "re-encode it as UTF-8"
-                ) from None
+                if errors != "replace":
+                    raise InputTextError(
+                        f"{path}: line {lineno}: invalid UTF-8 at byte {e.start} of the line; "
+                        "re-encode it as UTF-8 or pass --errors replace"
+                    ) from None
+                line = raw.decode(encoding, errors="replace")
             tokens = line.replace("\x00", " ").split()
             if not tokens:
                 raise InputTextError(f"{path}: line {lineno}: empty line; every line must hold one sentence")
@@ -235,6 +242,7 @@ def embed_file(
     *,
     output_format: str = "all",
     batch_size: int = 64,
+    errors: str = "strict",
     progress: bool = False,
 ) -> int:
     """Write embeddings of every line of ``input_file`` to HDF5 as AllenNLP's ``elmo`` command does.
@@ -245,7 +253,7 @@ def embed_file(
     """
     if output_format not in ("all", "top", "average"):
         raise ElmoError(f"unknown output format {output_format!r}; use all, top or average")
-    sentences = read_sentences(input_file)
+    sentences = read_sentences(input_file, errors)
     from tqdm import tqdm
 
     sentence_to_index: dict[str, str] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import jax
 import numpy as np
 import pytest
@@ -246,6 +248,11 @@ def test_embed_bad_input_text(tiny_options, tiny_params, tmp_path, capsys, conte
     err = capsys.readouterr().err.strip()
     assert expected in err and "in.txt" in err and "\n" not in err
     assert not (tmp_path / "out.hdf5").exists()
+    if b"\xff" in content:  # --errors replace goes on, with U+FFFD in place of the bad bytes
+        assert main([*args, "--errors", "replace"]) == 0
+        with h5py.File(tmp_path / "out.hdf5", "r") as f:
+            index = json.loads(f["sentence_to_index"][0])
+            assert set(index) == {"ok line", "\ufffd\ufffd bad"} and f["1"].shape[1] == 2
 
 
 def test_embed_tolerates_bom_crlf_nul_and_long_tokens(tiny_options, tiny_params, tmp_path):
