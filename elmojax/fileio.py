@@ -27,6 +27,13 @@ def check_writable_dir(directory: str | Path) -> Path:
     return directory
 
 
+def _default_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
@@ -35,6 +42,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _default_mode())  # mkstemp makes 0600; outputs should read like any new file
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

@@ -325,3 +325,39 @@ def test_exports_go_through_a_temporary_name(tiny_options, tiny_params, tmp_path
         save_weights(tiny_params, tiny_options, target)
     assert target.read_bytes() == b"previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["w.hdf5"]
+
+
+def test_atomic_outputs_get_the_usual_file_mode(tiny_options, tiny_params, tmp_path):
+    """Temporary files are 0600; the renamed output must read like any new file under the umask."""
+    import os
+
+    from elmojax.fileio import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        save_weights(tiny_params, tiny_options, tmp_path / "w.hdf5")
+        atomic_write_text(tmp_path / "options.json", "{}")
+    finally:
+        os.umask(mask)
+    for name in ("w.hdf5", "options.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_kill_9_during_embed_leaves_no_partial_output(tiny_options, tiny_params, tmp_path):
+    """SIGKILL while the HDF5 is being written: nothing appears under the final name."""
+    tiny_options.save(tmp_path / "options.json", for_export=True)
+    save_weights(tiny_params, tiny_options, tmp_path / "w.hdf5")
+    lines = [" ".join(f"w{(i * 7 + j) % 50}" for j in range(3 + i % 20)) for i in range(4000)]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out" / "emb.hdf5"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-m", "elmojax", "embed", str(tmp_path / "in.txt"), str(out), "--top"]
+    cmd += ["--options-file", str(tmp_path / "options.json"), "--weight-file", str(tmp_path / "w.hdf5")]
+    cmd += ["--batch-size", "8", "--no-progress"]
+
+    def writing(_):
+        return any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in out.parent.iterdir())
+
+    outcome, _ = run_until(cmd, tmp_path, writing)
+    assert outcome == "killed", "embed finished before the kill"
+    assert not out.exists()
