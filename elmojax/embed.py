@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from elmojax.errors import ElmoError, InputTextError
-from elmojax.fileio import atomic_path
+from elmojax.fileio import atomic_path, check_input_file, read_text_lines
 from elmojax.model import BiLM, LSTMState, remove_sentence_boundaries, zero_state
 from elmojax.options import ElmoOptions, load_options
 from elmojax.vocab import Batcher, TokenBatcher, Vocabulary, trim_char_ids
@@ -208,30 +208,13 @@ def read_sentences(path: str | Path, errors: str = "strict") -> list[list[str]]:
     Invalid UTF-8 is an error naming the line and byte unless ``errors="replace"``, which replaces
     the bytes with U+FFFD and goes on.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputTextError(f"{path}: input file not found")
-    if path.is_dir():
-        raise InputTextError(f"{path}: is a directory, expected a text file with one sentence a line")
+    path = check_input_file(path)
     sentences = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            encoding = "utf-8-sig" if lineno == 1 else "utf-8"
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError as e:
-                if errors != "replace":
-                    raise InputTextError(
-                        f"{path}: line {lineno}: invalid UTF-8 at byte {e.start} of the line; "
-                        "re-encode it as UTF-8 or pass --errors replace"
-                    ) from None
-                line = raw.decode(encoding, errors="replace")
-            tokens = line.replace("\x00", " ").split()
-            if not tokens:
-                raise InputTextError(f"{path}: line {lineno}: empty line; every line must hold one sentence")
-            sentences.append(tokens)
-    if not sentences:
-        raise InputTextError(f"{path}: input file is empty")
+    for line in read_text_lines(path, errors):
+        tokens = line.text.replace("\x00", " ").split()
+        if not tokens:
+            raise InputTextError(f"{path}: line {line.number}: empty line; every line must hold one sentence")
+        sentences.append(tokens)
     return sentences
 
 

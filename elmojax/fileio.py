@@ -1,7 +1,9 @@
-"""Atomic file output: write under a temporary name in the same directory, then rename.
+"""Text input checked line by line, and atomic file output.
 
-A crash or ``kill -9`` in the middle of a write leaves the previous file (or nothing) under the
-final name, never a half-written one.
+Input: :func:`read_text_lines` decodes a UTF-8 file one physical line at a time, so invalid bytes
+are reported with their line and byte offset (or replaced on request). Output: files are written
+under a temporary name in the same directory, then renamed; a crash or ``kill -9`` in the middle of
+a write leaves the previous file (or nothing) under the final name, never a half-written one.
 """
 
 from __future__ import annotations
@@ -11,8 +13,54 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
-from elmojax.errors import ElmoError
+from elmojax.errors import ElmoError, InputTextError
+
+
+class TextLine(NamedTuple):
+    """One physical line of a text file: 1-based ``number``, decoded ``text`` (with its newline),
+    its size in bytes, and whether invalid UTF-8 in it was replaced."""
+
+    number: int
+    text: str
+    n_bytes: int
+    replaced: bool
+
+
+def check_input_file(path: str | Path) -> Path:
+    """Fail with a one-line error unless ``path`` is an existing, non-empty regular file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputTextError(f"{path}: input file not found")
+    if path.is_dir():
+        raise InputTextError(f"{path}: is a directory, expected a text file")
+    if path.stat().st_size == 0:
+        raise InputTextError(f"{path}: input file is empty")
+    return path
+
+
+def read_text_lines(path: str | Path, errors: str = "strict") -> Iterator[TextLine]:
+    """The lines of a UTF-8 file, a leading BOM removed; invalid UTF-8 is an error naming the line
+    and byte offset unless ``errors="replace"``, which substitutes U+FFFD and goes on."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            replaced = False
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if errors != "replace":
+                    raise InputTextError(
+                        f"{path}: line {number}: invalid UTF-8 at byte {e.start} of the line "
+                        f"(byte {offset + e.start} of the file); re-encode the file as UTF-8 or pass "
+                        "--errors replace"
+                    ) from None
+                text, replaced = raw.decode("utf-8", errors="replace"), True
+            offset += len(raw)
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            yield TextLine(number, text, len(raw), replaced)
 
 
 def check_writable_dir(directory: str | Path) -> Path:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from elmojax.errors import ElmoError, InputTextError
-from elmojax.fileio import check_writable_dir
+from elmojax.fileio import check_input_file, check_writable_dir, read_text_lines
 from elmojax.vocab import BOS, EOS, UNK
 
 SPECIALS = (BOS, EOS, UNK)
@@ -77,11 +77,6 @@ def _token_pattern() -> re.Pattern[str]:
 
 def _range(a: int, b: int) -> str:
     return re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
-
-
-def tokenize(text: str) -> list[str]:
-    """Split ``text`` into tokens with the tokenizer described in the module docstring (no sentence split)."""
-    return _token_pattern().findall(text)
 
 
 def split_sentences(text: str) -> list[list[str]]:
@@ -167,38 +162,14 @@ class _Progress:
         self.bar.close()
 
 
-def _check_input(path: Path) -> None:
-    if not path.exists():
-        raise InputTextError(f"{path}: input file not found")
-    if path.is_dir():
-        raise InputTextError(f"{path}: is a directory; pass the files inside it (e.g. {path}/*.txt)")
-    if path.stat().st_size == 0:
-        raise InputTextError(f"{path}: input file is empty")
-
-
 def _decoded_lines(
     path: Path, errors: str, counts: _Counts, progress: _Progress
 ) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each physical line; invalid UTF-8 is an error naming line and byte."""
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            progress.update(len(raw))
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                if errors != "replace":
-                    raise InputTextError(
-                        f"{path}: line {lineno}: invalid UTF-8 at byte {e.start} of the line "
-                        f"(byte {offset + e.start} of the file); re-encode the file as UTF-8 or pass "
-                        "--errors replace"
-                    ) from None
-                line = raw.decode("utf-8", errors="replace")
-                counts.replaced_lines += 1
-            offset += len(raw)
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            yield lineno, line.replace("\x00", " ")
+    """(line number, text) of each physical line, counting replaced lines and advancing the bar."""
+    for line in read_text_lines(path, errors):
+        progress.update(line.n_bytes)
+        counts.replaced_lines += line.replaced
+        yield line.number, line.text
 
 
 def _delimiter(path: Path, header_line: str) -> str:
@@ -242,10 +213,7 @@ def _csv_texts(
     path: Path, column: str | None, errors: str, counts: _Counts, progress: _Progress
 ) -> Iterator[str]:
     lines = _decoded_lines(path, errors, counts, progress)
-    first = next(lines, None)
-    if first is None:
-        raise InputTextError(f"{path}: input file is empty")
-    delimiter, index, n_columns = _table_header(path, first[1], column)
+    delimiter, index, n_columns = _table_header(path, next(lines)[1], column)  # non-empty: checked
     physical = [1]  # last physical line handed to the csv reader
 
     def feed() -> Iterator[str]:
@@ -336,15 +304,15 @@ def _input_texts(
     counts: _Counts,
     progress: bool,
 ) -> Iterator[str]:
-    paths = [Path(p) for p in inputs]
-    for path in paths:
-        _check_input(path)
-        if column is not None or _is_table(path):
+    paths = [check_input_file(p) for p in inputs]
+    tables = [column is not None or _is_table(p) for p in paths]
+    for path, table in zip(paths, tables, strict=True):
+        if table:
             _check_table(path, column)
     bar = _Progress(sum(p.stat().st_size for p in paths), progress)
     try:
-        for path in paths:
-            if column is not None or _is_table(path):
+        for path, table in zip(paths, tables, strict=True):
+            if table:
                 yield from _csv_texts(path, column, errors, counts, bar)
             else:
                 yield from _text_lines(path, errors, counts, bar)
