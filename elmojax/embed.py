@@ -76,7 +76,7 @@ class Embedder:
         self.model = BiLM(options, precision=precision)
         if options.char_cnn is not None:
             self._batcher = Batcher(options.char_cnn.max_characters_per_token, vocab)
-            self._max_width = max(w for w, _ in options.char_cnn.filters)
+            self._max_width = options.char_cnn.max_width
         else:
             self._token_batcher = TokenBatcher(vocab)
         devices = list(devices) if devices is not None else jax.local_devices()

@@ -39,6 +39,11 @@ class CharCNNOptions:
         """Total number of filters ``F``: the width of the CNN output."""
         return sum(n for _, n in self.filters)
 
+    @property
+    def max_width(self) -> int:
+        """The widest filter."""
+        return max(w for w, _ in self.filters)
+
 
 @dataclass(frozen=True)
 class LSTMOptions:

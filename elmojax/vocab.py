@@ -180,20 +180,20 @@ class Batcher:
         return np.stack(table), index
 
 
-def trim_char_ids(char_ids: np.ndarray, max_filter_width: int, multiple: int = 8) -> np.ndarray:
+def trim_char_ids(char_ids: np.ndarray, max_filter_width: int, multiple: int = 4) -> np.ndarray:
     """Drop trailing character columns that cannot change the character CNN's output.
 
-    The CNN max-pools each filter over all windows; windows made only of padding characters all
-    have the same value. Keeping ``longest token + widest filter`` columns keeps every window that
-    touches a real character and at least one all-padding window wherever the full width has one,
-    so the max is unchanged, bit for bit, while short-token batches do far less work. The width is
-    rounded up to ``multiple`` to bound the number of compiled shapes. ``[..., C] -> [..., K]``.
+    Keeps ``longest token + widest filter - 1`` columns (the longest token rounded up to
+    ``multiple``, to bound the number of compiled shapes), or all of them if that is not fewer.
+    Every window that touches a real character then starts in the first ``longest`` columns, which
+    is what :class:`~elmojax.model.CharCNN` relies on for trimmed input: short-token batches do
+    far less work for the same maximum. ``[..., C] -> [..., K]``.
     """
     width = char_ids.shape[-1]
     real = (char_ids != PAD_CHAR + 1) & (char_ids != 0)
-    longest = int(real.sum(axis=-1).max(initial=0))
-    keep = min(width, -(-(longest + max_filter_width) // multiple) * multiple)
-    return char_ids[..., :keep]
+    longest = max(int(real.sum(axis=-1).max(initial=0)), 1)
+    keep = -(-longest // multiple) * multiple + max_filter_width - 1
+    return char_ids[..., : min(width, keep)]
 
 
 class TokenBatcher:

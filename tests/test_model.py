@@ -36,17 +36,19 @@ def test_lstm_layer_matches_tensorflow_equations():
     h0 = rng.normal(size=(2, 3)).astype(np.float32)
     layer = LSTMLayer(opts)
     mask = np.ones((2, 5), bool)
-    params = layer.init(jax.random.PRNGKey(1), x, mask, (c0, h0))
+    params = layer.init(jax.random.PRNGKey(1), x.swapaxes(0, 1), mask.T, (c0, h0))
     p = jax.tree_util.tree_map(np.asarray, params["params"])
     p["B"] = rng.normal(size=p["B"].shape).astype(np.float32)  # non-zero bias to exercise the gate order
-    ys, (c, h) = layer.apply({"params": p}, x, mask, (c0, h0))
+    ys, (c, h) = layer.apply({"params": p}, x.swapaxes(0, 1), mask.T, (c0, h0))
+    ys = ys.swapaxes(0, 1)
     ys_ref, c_ref, h_ref = numpy_lstm(x, p["W_0"], p["B"], p["W_P_0"], c0, h0, 0.5, 0.4)
     np.testing.assert_allclose(ys, ys_ref, atol=1e-6)
     np.testing.assert_allclose(c, c_ref, atol=1e-6)
     np.testing.assert_allclose(h, h_ref, atol=1e-6)
     # masked steps keep the state and output zeros (dynamic_rnn with sequence_length)
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-    ys_m, (c_m, h_m) = layer.apply({"params": p}, x, mask, (c0, h0))
+    ys_m, (c_m, h_m) = layer.apply({"params": p}, x.swapaxes(0, 1), mask.T, (c0, h0))
+    ys_m = ys_m.swapaxes(0, 1)
     _, c3, h3 = numpy_lstm(x[:1, :3], p["W_0"], p["B"], p["W_P_0"], c0[:1], h0[:1], 0.5, 0.4)
     np.testing.assert_allclose(c_m[0], c3[0], atol=1e-6)
     np.testing.assert_allclose(h_m[0], h3[0], atol=1e-6)
@@ -108,41 +110,35 @@ def test_skip_connections(tiny_options, tiny_params, skip):
     s = zero_state(tiny_options, 1)
     layers, _ = model.apply(tiny_params, 0, x, mask, (s.c[0], s.h[0]), method=BiLM.run_direction)
     cell1 = {"params": tiny_params["params"]["RNN_0"]["Cell1"]}
-    y1, _ = LSTMLayer(lstm_opts).apply(cell1, layers[0], mask, (s.c[0, 1], s.h[0, 1]))
+    y1, _ = LSTMLayer(lstm_opts).apply(cell1, layers[0].swapaxes(0, 1), mask.T, (s.c[0, 1], s.h[0, 1]))
+    y1 = y1.swapaxes(0, 1)
     np.testing.assert_allclose(layers[1], y1 + layers[0] if skip else y1, atol=1e-6)
 
 
 @pytest.mark.parametrize("clips", [(None, None), (0.3, 0.2)])
 def test_lstm_hand_written_gradient_matches_autodiff(clips):
-    from elmojax.model import _lstm_forward, lstm_recurrence
+    from elmojax.model import _lstm_run, lstm_layer
 
     rng = np.random.default_rng(0)
-    t, b, h, p = 5, 3, 8, 4
-    xw = jnp.asarray(rng.normal(size=(t, b, 4 * h)), jnp.float32)
-    mask = jnp.asarray(np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], bool)[..., None])
-    c0, h0 = (
-        jnp.asarray(rng.normal(size=(b, h)), jnp.float32),
-        jnp.asarray(rng.normal(size=(b, p)), jnp.float32),
-    )
-    w_h, w_p = (
-        jnp.asarray(rng.normal(size=(p, 4 * h)), jnp.float32),
-        jnp.asarray(rng.normal(size=(h, p)), jnp.float32),
-    )
-    weights = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((t, b, p), (b, h), (b, p))]
+    t, b, n_in, h, p = 5, 3, 6, 8, 4
 
-    def loss(fn, *args):
-        ys, c, hh = fn(*args)
+    def normal(*shape):
+        return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    mask = jnp.asarray(np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], bool)[..., None])
+    args = (normal(t, b, n_in), normal(b, h), normal(b, p))
+    args += (normal(n_in + p, 4 * h), normal(4 * h), normal(h, p))
+    weights = [normal(t, b, p), normal(b, h), normal(b, p)]
+
+    def loss(fn, x, c0, h0, w, bias, w_p):
+        ys, c, hh = fn(x, mask, c0, h0, w, bias, w_p, *clips, None)[:3]
         return jnp.sum(ys * weights[0]) + jnp.sum(c * weights[1]) + jnp.sum(hh * weights[2])
 
-    def custom(xw, c0, h0, w_h, w_p):
-        return lstm_recurrence(xw, mask, c0, h0, w_h, w_p, *clips, None)
+    def plain(*a):
+        return _lstm_run(*a, False)
 
-    def plain(xw, c0, h0, w_h, w_p):
-        return _lstm_forward(xw, mask, c0, h0, w_h, w_p, *clips, None, False)[:3]
-
-    args = (xw, c0, h0, w_h, w_p)
-    g_custom = jax.grad(lambda *a: loss(custom, *a), argnums=range(5))(*args)
-    g_plain = jax.grad(lambda *a: loss(plain, *a), argnums=range(5))(*args)
+    g_custom = jax.grad(lambda *a: loss(lstm_layer, *a), argnums=range(6))(*args)
+    g_plain = jax.grad(lambda *a: loss(plain, *a), argnums=range(6))(*args)
     for a, b_ in zip(g_custom, g_plain, strict=True):
         np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5)
 
