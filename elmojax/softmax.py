@@ -78,8 +78,8 @@ def sampled_softmax_loss(
     sampled_logits = sampled_logits - log_expected_count(sampled_ids, num_tries, n_classes)
     hits = labels[:, None] == sampled_ids[None, :]
     sampled_logits = jnp.where(hits, sampled_logits + _ACCIDENTAL_HIT, sampled_logits)
-    logits = jnp.concatenate([true_logit[:, None], sampled_logits], axis=1)
-    return jax.nn.logsumexp(logits, axis=1) - true_logit
+    # log(exp(true) + sum(exp(sampled))) - true, without building the [N, 1 + S] concatenation
+    return jax.nn.softplus(jax.nn.logsumexp(sampled_logits, axis=1) - true_logit)
 
 
 def full_softmax_loss(weights: Array, biases: Array, inputs: Array, labels: Array) -> Array:
