@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from elmojax.errors import ElmoError
+from elmojax.runtime import retain_freed_memory
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs) -> None:
@@ -301,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``elmojax`` and ``python -m elmojax``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "evaluate", "embed"):
+        retain_freed_memory()  # before JAX's first computation starts its threads
     try:
         args.func(args)
     except ElmoError as e:

@@ -30,6 +30,7 @@ import numpy as np
 
 from elmojax.data import BidirectionalStream
 from elmojax.options import load_options, options_from_dict
+from elmojax.runtime import retain_freed_memory
 from elmojax.train import Trainer
 from elmojax.vocab import Batcher, Vocabulary
 
@@ -168,10 +169,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed elmojax steps per config")
     ap.add_argument("--bilmtf-dir", default=os.environ.get("BILMTF_DIR"))
     ap.add_argument("--tf-python", default=os.environ.get("BILMTF_PYTHON"))
-    ap.add_argument("--bilmtf-n1", type=int, default=5)
-    ap.add_argument("--bilmtf-n2", type=int, default=25)
+    ap.add_argument(
+        "--bilmtf-batches",
+        default="small=5:45,tiny=50:450",
+        help="per config, bilm-tf runs N1 and N2 batches; their wall-time difference is timed",
+    )
     ap.add_argument("--configs", default="small,tiny")
     args = ap.parse_args()
+    retain_freed_memory()  # as `elmojax train` does, before JAX's first computation
 
     train_keys = {
         "batch_size": 32,
@@ -181,6 +186,10 @@ def main() -> None:
         "all_clip_norm_val": 10.0,
         "bidirectional": True,
         "n_epochs": 1,
+    }
+    batches = {
+        k: tuple(int(n) for n in v.split(":"))
+        for k, v in (item.split("=") for item in args.bilmtf_batches.split(","))
     }
     results: dict = {"devices": [str(d) for d in jax.devices()], "gemm_flops": gemm_rate()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +203,8 @@ def main() -> None:
             options = options_from_dict(d, source=name)
             r = time_elmojax(options, corpus, args.steps)
             r["flop_fraction_of_gemm"] = r["achieved_flops"] / results["gemm_flops"]
-            bilmtf = time_bilmtf(args, options.to_dict(), corpus, args.bilmtf_n1, args.bilmtf_n2)
+            n1, n2 = batches.get(name, (5, 45))
+            bilmtf = time_bilmtf(args, options.to_dict(), corpus, n1, n2)
             if bilmtf is not None:
                 r["bilmtf_tokens_per_s"] = bilmtf
                 r["ratio_vs_bilmtf"] = r["tokens_per_s"] / bilmtf
