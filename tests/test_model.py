@@ -11,6 +11,9 @@ from elmojax.model import BiLM, LSTMLayer, reverse_within_length, zero_state
 from elmojax.options import LSTMOptions
 from elmojax.vocab import Batcher
 
+# float32 on GPUs defaults to TF32 matmuls; comparisons against numpy pin full precision
+HIGHEST = "highest"
+
 
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
@@ -34,7 +37,7 @@ def test_lstm_layer_matches_tensorflow_equations():
     x = rng.normal(size=(2, 5, 4)).astype(np.float32)
     c0 = rng.normal(size=(2, 8)).astype(np.float32)
     h0 = rng.normal(size=(2, 3)).astype(np.float32)
-    layer = LSTMLayer(opts)
+    layer = LSTMLayer(opts, HIGHEST)
     mask = np.ones((2, 5), bool)
     params = layer.init(jax.random.PRNGKey(1), x.swapaxes(0, 1), mask.T, (c0, h0))
     p = jax.tree_util.tree_map(np.asarray, params["params"])
@@ -80,7 +83,7 @@ def numpy_char_embedder(p, ids, filters, n_highway):
 
 def test_char_embedder_matches_numpy(tiny_options, tiny_params):
     ids = Batcher().batch_sentences([["hello", "wörld", "!"]])[0]
-    got = BiLM(tiny_options).apply(tiny_params, ids, method=BiLM.embed_tokens)
+    got = BiLM(tiny_options, HIGHEST).apply(tiny_params, ids, method=BiLM.embed_tokens)
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tiny_params["params"]["token_embedder"])
     ref = numpy_char_embedder(p, ids, tiny_options.char_cnn.filters, tiny_options.char_cnn.n_highway)
     np.testing.assert_allclose(got, ref, atol=1e-5)
@@ -131,7 +134,7 @@ def test_lstm_hand_written_gradient_matches_autodiff(clips):
     weights = [normal(t, b, p), normal(b, h), normal(b, p)]
 
     def loss(fn, x, c0, h0, w, bias, w_p):
-        ys, c, hh = fn(x, mask, c0, h0, w, bias, w_p, *clips, None)[:3]
+        ys, c, hh = fn(x, mask, c0, h0, w, bias, w_p, *clips, HIGHEST)[:3]
         return jnp.sum(ys * weights[0]) + jnp.sum(c * weights[1]) + jnp.sum(hh * weights[2])
 
     def plain(*a):
@@ -152,9 +155,10 @@ def test_conv_max_pool_hand_written_gradient(width):
     x = jnp.asarray(rng.normal(size=(6, 9, 4)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(width, 4, 5)), jnp.float32)
     g = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
-    got = jax.grad(lambda x, w: jnp.sum(conv_max_pool(x, w) * g), argnums=(0, 1))(x, w)
-    want = jax.grad(lambda x, w: jnp.sum(jnp.max(_conv(x, w, None), axis=1) * g), argnums=(0, 1))(x, w)
-    np.testing.assert_allclose(conv_max_pool(x, w), jnp.max(_conv(x, w, None), axis=1), rtol=0, atol=0)
+    got = jax.grad(lambda x, w: jnp.sum(conv_max_pool(x, w, HIGHEST) * g), argnums=(0, 1))(x, w)
+    want = jax.grad(lambda x, w: jnp.sum(jnp.max(_conv(x, w, HIGHEST), axis=1) * g), argnums=(0, 1))(x, w)
+    want_y = jnp.max(_conv(x, w, HIGHEST), axis=1)
+    np.testing.assert_allclose(conv_max_pool(x, w, HIGHEST), want_y, rtol=0, atol=0)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 

@@ -115,7 +115,10 @@ def test_resume_is_exact(tmp_path, corpus, train_options):
     step_b, b = flat_params(resumed)
     assert step_a == step_b == 8
     for x, y in zip(a, b, strict=True):
-        assert x.tobytes() == y.tobytes()  # bit for bit on CPU
+        if jax.default_backend() == "cpu":
+            assert x.tobytes() == y.tobytes()  # bit for bit on CPU
+        else:  # GPU reductions are not deterministic by default
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
 def test_other_options_in_existing_run_dir_is_an_error(tmp_path, corpus, train_options):
