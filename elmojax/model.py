@@ -236,25 +236,25 @@ class LSTMLayer(nn.Module):
     precision: Precision = None
 
     @nn.compact
-    def __call__(
-        self, x: Array, mask: Array, state: tuple[Array, Array]
-    ) -> tuple[Array, tuple[Array, Array]]:
+    def weights(self, n_in: int) -> tuple[Array, Array, Array]:
+        """``(W_0 [in + P, 4H], B [4H], W_P_0 [H, P])``; an identity stands in for a missing projection."""
         o = self.options
-        n_in = x.shape[-1]
         has_proj = o.projection_dim < o.dim
         out_dim = o.projection_dim if has_proj else o.dim
         w = self.param("W_0", nn.initializers.glorot_uniform(), (n_in + out_dim, 4 * o.dim))
         b = self.param("B", nn.initializers.zeros, (4 * o.dim,))
-        w_p = (
-            self.param("W_P_0", nn.initializers.glorot_uniform(), (o.dim, o.projection_dim))
-            if has_proj
-            else None
-        )
-        if w_p is None:  # no projection: an identity keeps one code path (P == H)
-            w_p = jnp.eye(o.dim, dtype=x.dtype)
-        ys, c, h = lstm_layer(
-            x, mask[..., None], state[0], state[1], w, b, w_p, o.cell_clip, o.proj_clip, self.precision
-        )
+        if not has_proj:  # an identity keeps one code path (P == H)
+            return w, b, jnp.eye(o.dim, dtype=w.dtype)
+        return w, b, self.param("W_P_0", nn.initializers.glorot_uniform(), (o.dim, o.projection_dim))
+
+    def __call__(
+        self, x: Array, mask: Array, state: tuple[Array, Array]
+    ) -> tuple[Array, tuple[Array, Array]]:
+        o = self.options
+        (ys,), (c,), (h,) = lstm_layers(
+            (x,), (mask[..., None],), (state[0],), (state[1],), (self.weights(x.shape[-1]),),
+            o.cell_clip, o.proj_clip, self.precision,
+        )  # fmt: skip
         return ys, (c, h)
 
 
@@ -271,17 +271,17 @@ def _nt(a: Array, b: Array, precision: Precision) -> Array:
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision)
 
 
-def _lstm_run(x, mask, c0, h0, w, b, w_p, cell_clip, proj_clip, precision, keep_residuals):
-    t, batch, n_in = x.shape
-    w_h = w[n_in:]
+def _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, keep_residuals):
     # the input half of the gate matmul does not depend on the recurrence: one GEMM up front,
     # laid out time-major so the loop reads contiguous [B, 4H] slices
-    xw = jnp.dot(x.reshape(t * batch, n_in), w[:n_in], precision=precision).reshape(t, batch, -1)
+    xws = []
+    for x, (w, _, _) in zip(xs, weights, strict=True):
+        t, batch, n_in = x.shape
+        xws.append(jnp.dot(x.reshape(t * batch, n_in), w[:n_in], precision=precision).reshape(t, batch, -1))
 
-    def step(carry, inp):
-        c_prev, h_prev = carry
-        xw_t, m = inp
-        z = xw_t + b + jnp.dot(h_prev, w_h, precision=precision)
+    def cell(carry, inp, weights):
+        (c_prev, h_prev), (xw_t, m), (w, b, w_p) = carry, inp, weights
+        z = xw_t + b + jnp.dot(h_prev, w[w.shape[0] - h_prev.shape[1] :], precision=precision)
         i, j, f, og = jnp.split(z, 4, axis=-1)
         c_raw = jax.nn.sigmoid(f + 1.0) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(j)
         c = _clip(c_raw, cell_clip)
@@ -291,39 +291,48 @@ def _lstm_run(x, mask, c0, h0, w, b, w_p, cell_clip, proj_clip, precision, keep_
         res = (z, c_prev, c_raw, mid, h_prev, h_raw) if keep_residuals else None
         return (jnp.where(m, c, c_prev), jnp.where(m, h, h_prev)), (jnp.where(m, h, 0.0), res)
 
-    (c, h), (ys, res) = jax.lax.scan(step, (c0, h0), (xw, mask))
-    return ys, c, h, res
+    # every direction advances in the same loop: two independent chains per iteration keep both
+    # cores busy and halve the loop overhead
+    def step(carries, inps):
+        return tuple(zip(*(cell(*a) for a in zip(carries, inps, weights, strict=True)), strict=True))
+
+    carries, outs = jax.lax.scan(step, tuple(zip(c0s, h0s, strict=True)), tuple(zip(xws, masks, strict=True)))
+    ys, res = zip(*outs, strict=True)
+    cs, hs = zip(*carries, strict=True)
+    return ys, cs, hs, res
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def lstm_layer(x, mask, c0, h0, w, b, w_p, cell_clip, proj_clip, precision):
-    """One LSTM layer, TensorFlow's ``LSTMCell`` with projection, masked like ``dynamic_rnn``.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def lstm_layers(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision):
+    """One LSTM layer per direction, TensorFlow's ``LSTMCell`` with projection, masked like ``dynamic_rnn``.
 
-    ``x [T, B, in]``, ``mask [T, B, 1]``, ``c0 [B, H]``, ``h0 [B, P]``, ``w [in + P, 4H]``,
-    ``b [4H]``, ``w_p [H, P]`` -> ``(ys [T, B, P], c [B, H], h [B, P])``. Its gradient is
-    hand-written: the reverse time loop only produces the gate gradients, and the weight and input
-    gradients are three large GEMMs after it, instead of small GEMMs accumulated into weight-sized
-    carries at every step (3x faster on CPU).
+    Each argument is a tuple over directions (all with the same ``T``): ``x [T, B, in]``,
+    ``mask [T, B, 1]``, ``c0 [B, H]``, ``h0 [B, P]``, ``(W_0 [in + P, 4H], B [4H], W_P_0 [H, P])``
+    -> tuples of ``ys [T, B, P]``, ``c [B, H]``, ``h [B, P]``. All directions run in one time
+    loop. The gradient is hand-written: the reverse loop only produces the gate gradients, and the
+    weight and input gradients are large GEMMs after it, instead of small GEMMs accumulated into
+    weight-sized carries at every step (3x faster on CPU).
     """
-    ys, c, h, _ = _lstm_run(x, mask, c0, h0, w, b, w_p, cell_clip, proj_clip, precision, False)
-    return ys, c, h
+    ys, cs, hs, _ = _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, False)
+    return ys, cs, hs
 
 
-def _lstm_fwd(x, mask, c0, h0, w, b, w_p, cell_clip, proj_clip, precision):
-    ys, c, h, res = _lstm_run(x, mask, c0, h0, w, b, w_p, cell_clip, proj_clip, precision, True)
-    return (ys, c, h), (x, mask, w, w_p, res)
+def _lstm_fwd(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision):
+    ys, cs, hs, res = _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, True)
+    return (ys, cs, hs), (xs, masks, weights, res)
 
 
 def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
-    x, mask, w, w_p, (z, c_prev, c_raw, mid, h_prev, h_raw) = saved
-    d_ys, d_c, d_h = grads
-    t, batch, n_in = x.shape
+    xs, masks, weights, res = saved
+    d_ys, d_cs, d_hs = grads
     # transposed once here: the loop's small GEMMs run faster on row-major right operands
-    w_h_t, w_p_t = jnp.transpose(w[n_in:]), jnp.transpose(w_p)
+    w_ts = [
+        (jnp.transpose(w[x.shape[-1] :]), jnp.transpose(w_p))
+        for x, (w, _, w_p) in zip(xs, weights, strict=True)
+    ]
 
-    def step(carry, inp):
-        dc, dh, db = carry
-        dy, m, z_t, c_prev_t, c_raw_t, h_raw_t = inp
+    def cell(carry, inp, w_t):
+        (dc, dh, db), (dy, m, (z_t, c_prev_t, c_raw_t, _, _, h_raw_t)), (w_h_t, w_p_t) = carry, inp, w_t
         i, j, f, og = jnp.split(z_t, 4, axis=-1)
         si, tj, sf, so = jax.nn.sigmoid(i), jnp.tanh(j), jax.nn.sigmoid(f + 1.0), jax.nn.sigmoid(og)
         tc = jnp.tanh(_clip(c_raw_t, cell_clip))
@@ -344,19 +353,32 @@ def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
         # the bias gradient rides along in the loop rather than re-reading dz afterwards
         return (dc_prev, dh_prev, db + jnp.sum(dz, axis=0)), (dz, d_hraw)
 
-    db0 = jnp.zeros(w.shape[1:], w.dtype)
-    (dc0, dh0, db), (dz, d_hraw) = jax.lax.scan(
-        step, (d_c, d_h, db0), (d_ys, mask, z, c_prev, c_raw, h_raw), reverse=True
+    def step(carries, inps):
+        return tuple(zip(*(cell(*a) for a in zip(carries, inps, w_ts, strict=True)), strict=True))
+
+    # the residuals' ``mid`` and ``h_prev`` are only needed after the loop; pass them anyway,
+    # unused scan inputs cost nothing
+    init = tuple(
+        (dc, dh, jnp.zeros(w.shape[1:], w.dtype))
+        for dc, dh, (w, _, _) in zip(d_cs, d_hs, weights, strict=True)
     )
-    dz = dz.reshape(t * batch, -1)
-    xh = jnp.concatenate([x, h_prev], axis=-1).reshape(t * batch, -1)
-    d_w = jnp.dot(xh.T, dz, precision=precision)  # [in + P, 4H], W_0's layout
-    d_x = _nt(dz, w[:n_in], precision).reshape(t, batch, n_in)
-    d_wp = jnp.dot(mid.reshape(t * batch, -1).T, d_hraw.reshape(t * batch, -1), precision=precision)
-    return d_x, None, dc0, dh0, d_w, db, d_wp
+    carries, outs = jax.lax.scan(step, init, tuple(zip(d_ys, masks, res, strict=True)), reverse=True)
+    d_xs, d_weights = [], []
+    for x, (w, _, _), (_, _, db), (dz, d_hraw), r in zip(xs, weights, carries, outs, res, strict=True):
+        t, batch, n_in = x.shape
+        mid, h_prev = r[3], r[4]
+        dz = dz.reshape(t * batch, -1)
+        xh = jnp.concatenate([x, h_prev], axis=-1).reshape(t * batch, -1)
+        d_w = jnp.dot(xh.T, dz, precision=precision)  # [in + P, 4H], W_0's layout
+        d_xs.append(_nt(dz, w[:n_in], precision).reshape(t, batch, n_in))
+        d_wp = jnp.dot(mid.reshape(t * batch, -1).T, d_hraw.reshape(t * batch, -1), precision=precision)
+        d_weights.append((d_w, db, d_wp))
+    d_c0s = tuple(c[0] for c in carries)
+    d_h0s = tuple(c[1] for c in carries)
+    return tuple(d_xs), tuple(None for _ in masks), d_c0s, d_h0s, tuple(d_weights)
 
 
-lstm_layer.defvjp(_lstm_fwd, _lstm_bwd)
+lstm_layers.defvjp(_lstm_fwd, _lstm_bwd)
 
 
 class LSTMStack(nn.Module):
@@ -372,27 +394,61 @@ class LSTMStack(nn.Module):
     dropout: float = 0.0
     precision: Precision = None
 
-    @nn.compact
+    def setup(self):
+        self.cells = [
+            LSTMLayer(self.options, self.precision, name=f"Cell{k}") for k in range(self.options.n_layers)
+        ]
+        self.drop = nn.Dropout(self.dropout)
+
     def __call__(
         self, x: Array, mask: Array, state: tuple[Array, Array], deterministic: bool = True
     ) -> tuple[Array, tuple[Array, Array]]:
-        # time-major inside: the layers' big [T, B, 4H] arrays then never need a transpose
-        x = jnp.swapaxes(x, 0, 1)
-        mask = jnp.swapaxes(mask, 0, 1)
-        outs, cs, hs = [], [], []
-        for layer in range(self.options.n_layers):
-            if not deterministic and self.dropout > 0:
-                x = nn.Dropout(self.dropout, deterministic=False)(x)
-            y, (c, h) = LSTMLayer(self.options, self.precision, name=f"Cell{layer}")(
-                x, mask, (state[0][layer], state[1][layer])
-            )
-            if self.options.use_skip_connections and layer > 0:
-                y = y + x
-            outs.append(y)
-            cs.append(c)
-            hs.append(h)
-            x = y
-        return jnp.swapaxes(jnp.stack(outs), 1, 2), (jnp.stack(cs), jnp.stack(hs))
+        return run_stacks([self], [x], [mask], [state], deterministic)[0]
+
+
+def run_stacks(
+    stacks: Sequence[LSTMStack],
+    xs: Sequence[Array],
+    masks: Sequence[Array],
+    states: Sequence[tuple[Array, Array]],
+    deterministic: bool = True,
+) -> list[tuple[Array, tuple[Array, Array]]]:
+    """Run several bound stacks of the same shape side by side, layer by layer, one time loop each.
+
+    Per stack: ``x [B, T, P]``, ``mask [B, T]``, state ``(c [L, B, H], h [L, B, P])`` ->
+    ``(outputs [L, B, T, P], state)``, as :class:`LSTMStack` computes it alone.
+    """
+    o = stacks[0].options
+    # time-major inside: the layers' big [T, B, 4H] arrays then never need a transpose
+    xs = [jnp.swapaxes(x, 0, 1) for x in xs]
+    masks = tuple(jnp.swapaxes(m, 0, 1)[..., None] for m in masks)
+    outs, cs, hs = [], [], []
+    for layer in range(o.n_layers):
+        if not deterministic and stacks[0].dropout > 0:
+            xs = [s.drop(x, deterministic=False) for s, x in zip(stacks, xs, strict=True)]
+        ys, c, h = lstm_layers(
+            tuple(xs),
+            masks,
+            tuple(st[0][layer] for st in states),
+            tuple(st[1][layer] for st in states),
+            tuple(s.cells[layer].weights(x.shape[-1]) for s, x in zip(stacks, xs, strict=True)),
+            o.cell_clip,
+            o.proj_clip,
+            stacks[0].precision,
+        )
+        if o.use_skip_connections and layer > 0:
+            ys = tuple(y + x for y, x in zip(ys, xs, strict=True))
+        outs.append(ys)
+        cs.append(c)
+        hs.append(h)
+        xs = list(ys)
+    return [
+        (
+            jnp.swapaxes(jnp.stack([y[d] for y in outs]), 1, 2),
+            (jnp.stack([c[d] for c in cs]), jnp.stack([h[d] for h in hs])),
+        )
+        for d in range(len(stacks))
+    ]
 
 
 def reverse_within_length(x: Array, mask: Array) -> Array:
@@ -440,10 +496,25 @@ class BiLM(nn.Module):
         """Run one direction's stack on ``x [B, T, P]`` in time order: ``-> ([L, B, T, P], state)``."""
         return self.stacks[direction](x, mask, state, deterministic)
 
+    def run_directions(
+        self,
+        xs: Sequence[Array],
+        masks: Sequence[Array],
+        states: Sequence[tuple[Array, Array]],
+        deterministic: bool = True,
+    ) -> list[tuple[Array, tuple[Array, Array]]]:
+        """Every direction's stack on its own input, in one time loop per layer.
+
+        Per direction ``d``: ``xs[d] [B, T, P]`` in that direction's time order, ``masks[d] [B, T]``,
+        ``states[d] = (c [L, B, H], h [L, B, P])`` -> ``([L, B, T, P], state)``.
+        """
+        return run_stacks(self.stacks, xs, masks, states, deterministic)
+
     def __call__(self, x: Array, mask: Array, state: LSTMState) -> tuple[Array, LSTMState]:
-        fw, (c0, h0) = self.run_direction(0, x, mask, (state.c[0], state.h[0]))
         x_rev = reverse_within_length(x, mask)
-        bw_rev, (c1, h1) = self.run_direction(1, x_rev, mask, (state.c[1], state.h[1]))
+        (fw, (c0, h0)), (bw_rev, (c1, h1)) = self.run_directions(
+            [x, x_rev], [mask, mask], [(state.c[0], state.h[0]), (state.c[1], state.h[1])]
+        )
         bw = jax.vmap(reverse_within_length, in_axes=(0, None))(bw_rev, mask)
         layers = [jnp.concatenate([x, x], axis=-1)]
         layers += [jnp.concatenate([fw[k], bw[k]], axis=-1) for k in range(fw.shape[0])]
@@ -471,8 +542,8 @@ def init_params(options: ElmoOptions, key: Array) -> dict:
         x = m.embed_tokens(tokens)
         n_dirs = len(m.stacks)
         s = zero_state(options, 1, n_dirs)
-        for d in range(n_dirs):
-            m.run_direction(d, x, jnp.ones((1, 3), bool), (s.c[d], s.h[d]))
+        mask = jnp.ones((1, 3), bool)
+        m.run_directions([x] * n_dirs, [mask] * n_dirs, [(s.c[d], s.h[d]) for d in range(n_dirs)])
         return x
 
     return jax.jit(lambda k: model.init(k, method=_init))(key)

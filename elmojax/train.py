@@ -239,24 +239,23 @@ class Trainer:
         vectors = self.model.apply({"params": params["bilm"]}, batch["table"], method=BiLM.embed_tokens)
         w, b = params["softmax"]["W"], params["softmax"]["b"]
         dropout = self.options.training.dropout if train else 0.0
+        n_dirs = batch["index"].shape[0]
+        masks = [batch["mask"][d] for d in range(n_dirs)]
+        k_lstm, k_top = jax.random.split(rng)
+        runs = self.model.apply(
+            {"params": params["bilm"]},
+            [jnp.take(vectors, batch["index"][d], axis=0) for d in range(n_dirs)],  # [B, T, P] each
+            masks,
+            [(lstm.c[d], lstm.h[d]) for d in range(n_dirs)],
+            deterministic=not train,
+            method=BiLM.run_directions,
+            rngs={"dropout": k_lstm},
+        )
         sums, counts, cs, hs = [], [], [], []
-        for d in range(batch["index"].shape[0]):
-            x = jnp.take(vectors, batch["index"][d], axis=0)  # [B, T, P]
-            mask = batch["mask"][d]
-            k_lstm, k_top = jax.random.split(jax.random.fold_in(rng, d))
-            layers, (c, h) = self.model.apply(
-                {"params": params["bilm"]},
-                d,
-                x,
-                mask,
-                (lstm.c[d], lstm.h[d]),
-                deterministic=not train,
-                method=BiLM.run_direction,
-                rngs={"dropout": k_lstm},
-            )
+        for d, (layers, (c, h)) in enumerate(runs):
             top = layers[-1]
             if dropout > 0:
-                keep = jax.random.bernoulli(k_top, 1.0 - dropout, top.shape)
+                keep = jax.random.bernoulli(jax.random.fold_in(k_top, d), 1.0 - dropout, top.shape)
                 top = jnp.where(keep, top / (1.0 - dropout), 0.0)
             flat = top.reshape(-1, top.shape[-1])
             labels = batch["targets"][d].reshape(-1)
@@ -264,7 +263,7 @@ class Trainer:
                 losses = sampled_softmax_loss(w, b, flat, labels, batch["sampled"][d], batch["num_tries"][d])
             else:
                 losses = full_softmax_loss(w, b, flat, labels)
-            m = mask.reshape(-1)
+            m = masks[d].reshape(-1)
             sums.append(jnp.sum(jnp.where(m, losses, 0.0)))
             counts.append(jnp.sum(m))
             cs.append(c)

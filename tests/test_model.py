@@ -120,7 +120,8 @@ def test_skip_connections(tiny_options, tiny_params, skip):
 
 @pytest.mark.parametrize("clips", [(None, None), (0.3, 0.2)])
 def test_lstm_hand_written_gradient_matches_autodiff(clips):
-    from elmojax.model import _lstm_run, lstm_layer
+    """Two directions in one loop, each with its own input, mask, state and weights."""
+    from elmojax.model import _lstm_run, lstm_layers
 
     rng = np.random.default_rng(0)
     t, b, n_in, h, p = 5, 3, 6, 8, 4
@@ -128,21 +129,29 @@ def test_lstm_hand_written_gradient_matches_autodiff(clips):
     def normal(*shape):
         return jnp.asarray(rng.normal(size=shape), jnp.float32)
 
-    mask = jnp.asarray(np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], bool)[..., None])
-    args = (normal(t, b, n_in), normal(b, h), normal(b, p))
-    args += (normal(n_in + p, 4 * h), normal(4 * h), normal(h, p))
-    weights = [normal(t, b, p), normal(b, h), normal(b, p)]
+    mask = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], bool)[..., None]
+    masks = (jnp.asarray(mask), jnp.asarray(mask[::-1]))
+    xs, c0s, h0s = (normal(t, b, n_in),) * 2, (normal(b, h), normal(b, h)), (normal(b, p), normal(b, p))
+    ws = tuple((normal(n_in + p, 4 * h), normal(4 * h), normal(h, p)) for _ in range(2))
+    xs = (xs[0], normal(t, b, n_in))
+    targets = [(normal(t, b, p), normal(b, h), normal(b, p)) for _ in range(2)]
 
-    def loss(fn, x, c0, h0, w, bias, w_p):
-        ys, c, hh = fn(x, mask, c0, h0, w, bias, w_p, *clips, HIGHEST)[:3]
-        return jnp.sum(ys * weights[0]) + jnp.sum(c * weights[1]) + jnp.sum(hh * weights[2])
+    def loss(fn, xs, c0s, h0s, ws):
+        ys, cs, hs = fn(xs, masks, c0s, h0s, ws, *clips, HIGHEST)[:3]
+        return sum(
+            jnp.sum(y * ty) + jnp.sum(c * tc) + jnp.sum(hh * th)
+            for y, c, hh, (ty, tc, th) in zip(ys, cs, hs, targets, strict=True)
+        )
 
     def plain(*a):
         return _lstm_run(*a, False)
 
-    g_custom = jax.grad(lambda *a: loss(lstm_layer, *a), argnums=range(6))(*args)
-    g_plain = jax.grad(lambda *a: loss(plain, *a), argnums=range(6))(*args)
-    for a, b_ in zip(g_custom, g_plain, strict=True):
+    args = (xs, c0s, h0s, ws)
+    g_custom = jax.grad(lambda *a: loss(lstm_layers, *a), argnums=range(4))(*args)
+    g_plain = jax.grad(lambda *a: loss(plain, *a), argnums=range(4))(*args)
+    leaves = jax.tree_util.tree_leaves(g_plain)
+    assert len(leaves) == 2 * 6
+    for a, b_ in zip(jax.tree_util.tree_leaves(g_custom), leaves, strict=True):
         np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-5)
 
 
