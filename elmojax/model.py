@@ -274,14 +274,15 @@ def _nt(a: Array, b: Array, precision: Precision) -> Array:
 def _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, keep_residuals):
     # the input half of the gate matmul does not depend on the recurrence: one GEMM up front,
     # laid out time-major so the loop reads contiguous [B, 4H] slices
-    xws = []
-    for x, (w, _, _) in zip(xs, weights, strict=True):
+    xws, loop_weights = [], []
+    for x, (w, b, w_p) in zip(xs, weights, strict=True):
         t, batch, n_in = x.shape
         xws.append(jnp.dot(x.reshape(t * batch, n_in), w[:n_in], precision=precision).reshape(t, batch, -1))
+        loop_weights.append((w[n_in:], b, w_p))  # the recurrent half, sliced once outside the loop
 
     def cell(carry, inp, weights):
-        (c_prev, h_prev), (xw_t, m), (w, b, w_p) = carry, inp, weights
-        z = xw_t + b + jnp.dot(h_prev, w[w.shape[0] - h_prev.shape[1] :], precision=precision)
+        (c_prev, h_prev), (xw_t, m), (w_h, b, w_p) = carry, inp, weights
+        z = xw_t + b + jnp.dot(h_prev, w_h, precision=precision)
         i, j, f, og = jnp.split(z, 4, axis=-1)
         c_raw = jax.nn.sigmoid(f + 1.0) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(j)
         c = _clip(c_raw, cell_clip)
@@ -294,7 +295,7 @@ def _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, kee
     # every direction advances in the same loop: two independent chains per iteration keep both
     # cores busy and halve the loop overhead
     def step(carries, inps):
-        return tuple(zip(*(cell(*a) for a in zip(carries, inps, weights, strict=True)), strict=True))
+        return tuple(zip(*(cell(*a) for a in zip(carries, inps, loop_weights, strict=True)), strict=True))
 
     carries, outs = jax.lax.scan(step, tuple(zip(c0s, h0s, strict=True)), tuple(zip(xws, masks, strict=True)))
     ys, res = zip(*outs, strict=True)
