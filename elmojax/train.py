@@ -75,16 +75,40 @@ class TrainState:
     bad_steps: jax.Array  # consecutive steps skipped for a non-finite loss or gradient
 
 
-def make_optimizer(options: ElmoOptions) -> optax.GradientTransformation:
+def make_optimizer(options: ElmoOptions) -> optax.GradientTransformationExtraArgs:
     """bilm-tf's optimiser: global-norm clipping, then Adagrad with initial accumulator 1.0.
 
-    TensorFlow's Adagrad has no epsilon inside the square root, hence ``eps=0``.
+    TensorFlow's Adagrad has no epsilon inside the square root, hence ``eps=0``. ``update`` takes
+    two extra keyword arguments, ``global_norm`` (of the gradients) and ``finite`` (whether the
+    step's loss and gradients are finite); see ``clip_by_known_global_norm``.
     """
     t = options.training
     return optax.chain(
-        optax.clip_by_global_norm(t.all_clip_norm_val),
+        clip_by_known_global_norm(t.all_clip_norm_val),
         optax.adagrad(t.learning_rate, initial_accumulator_value=1.0, eps=0.0),
     )
+
+
+def clip_by_known_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """``optax.clip_by_global_norm`` given the norm, which also zeroes a non-finite step's gradients.
+
+    The step has already reduced the gradients to their global norm (a metric, and the finiteness
+    check); computing it again inside the optimiser, as ``optax.clip_by_global_norm`` does, and
+    zeroing separately cost two more passes over every gradient (about 2.5% of a ``small`` step).
+    A zero gradient leaves Adagrad's parameters and accumulators exactly as they were. The state
+    is ``optax.EmptyState``, as ``optax.clip_by_global_norm``'s is, so checkpoints are unchanged.
+    """
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None, *, global_norm, finite, **extra):
+        del params, extra
+        scale = jnp.where(finite, max_norm / jnp.maximum(global_norm, max_norm), 0.0)
+        return jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0) * scale, updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def init_softmax(options: ElmoOptions, n_vocab: int, key: jax.Array) -> dict:
@@ -286,10 +310,12 @@ class Trainer:
         grads, (total, per_dir, counts, new_lstm) = jax.grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-        # a non-finite step becomes a zero gradient, which leaves Adagrad's parameters and
-        # accumulators exactly as they were; cheaper than selecting between two whole states
-        grads = jax.tree_util.tree_map(lambda g: jnp.where(ok, g, 0.0), grads)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        # a non-finite step becomes a zero gradient inside the optimiser's clip, which leaves
+        # Adagrad's parameters and accumulators exactly as they were; cheaper than selecting
+        # between two whole states
+        updates, opt_state = self.optimizer.update(
+            grads, state.opt_state, state.params, global_norm=grad_norm, finite=ok
+        )
         params = optax.apply_updates(state.params, updates)
         new_lstm = jax.tree_util.tree_map(
             lambda a, b: jnp.where(ok, jax.lax.stop_gradient(a), b), new_lstm, state.lstm

@@ -196,3 +196,36 @@ def test_data_parallel_equals_single_device(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "maxdiff" in r.stdout
+
+
+@pytest.mark.parametrize("scale", [0.01, 100.0])  # below and above the clip
+def test_optimizer_matches_optax_clip_then_adagrad(scale):
+    """The step's optimiser (clip given the norm) equals optax's clip_by_global_norm + adagrad."""
+    import optax
+
+    from elmojax.train import make_optimizer
+
+    options = options_from_dict({**tiny_options_dict(), **TRAIN_KEYS}, source="t")
+    rng = np.random.default_rng(0)
+    jnp = jax.numpy
+    params = {"a": jnp.asarray(rng.normal(size=(5, 3)), "float32"), "b": jnp.zeros(4)}
+    grads = {"a": jnp.asarray(rng.normal(size=(5, 3)) * scale, "float32"), "b": jnp.ones(4) * scale}
+    t = options.training
+    reference = optax.chain(
+        optax.clip_by_global_norm(t.all_clip_norm_val),
+        optax.adagrad(t.learning_rate, initial_accumulator_value=1.0, eps=0.0),
+    )
+    ours = make_optimizer(options)
+    norm = optax.tree.norm(grads)
+    u_ref, s_ref = reference.update(grads, reference.init(params), params)
+    u, s = ours.update(grads, ours.init(params), params, global_norm=norm, finite=jax.numpy.array(True))
+    for k in params:
+        np.testing.assert_allclose(u[k], u_ref[k], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(s[1][0].sum_of_squares[k], s_ref[1][0].sum_of_squares[k], rtol=1e-6)
+    # a non-finite step leaves parameters and accumulators exactly as they were
+    bad = {"a": grads["a"].at[0, 0].set(np.nan), "b": grads["b"]}
+    u, s = ours.update(
+        bad, ours.init(params), params, global_norm=optax.tree.norm(bad), finite=jax.numpy.array(False)
+    )
+    assert all(np.all(np.asarray(u[k]) == 0) for k in params)
+    assert all(np.all(np.asarray(s[1][0].sum_of_squares[k]) == 1.0) for k in params)
