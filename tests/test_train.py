@@ -216,16 +216,20 @@ def test_optimizer_matches_optax_clip_then_adagrad(scale):
         optax.adagrad(t.learning_rate, initial_accumulator_value=1.0, eps=0.0),
     )
     ours = make_optimizer(options)
+    # the same state tree as optax's clip + adagrad, so existing checkpoints still restore
+    assert jax.tree_util.tree_structure(ours.init(params)) == jax.tree_util.tree_structure(
+        reference.init(params)
+    )
     norm = optax.tree.norm(grads)
     u_ref, s_ref = reference.update(grads, reference.init(params), params)
-    u, s = ours.update(grads, ours.init(params), params, global_norm=norm, finite=jax.numpy.array(True))
+    u, s = ours.update(grads, ours.init(params), params, global_norm=norm, finite=jnp.array(True))
     for k in params:
         np.testing.assert_allclose(u[k], u_ref[k], rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(s[1][0].sum_of_squares[k], s_ref[1][0].sum_of_squares[k], rtol=1e-6)
     # a non-finite step leaves parameters and accumulators exactly as they were
     bad = {"a": grads["a"].at[0, 0].set(np.nan), "b": grads["b"]}
     u, s = ours.update(
-        bad, ours.init(params), params, global_norm=optax.tree.norm(bad), finite=jax.numpy.array(False)
+        bad, ours.init(params), params, global_norm=optax.tree.norm(bad), finite=jnp.array(False)
     )
     assert all(np.all(np.asarray(u[k]) == 0) for k in params)
     assert all(np.all(np.asarray(s[1][0].sum_of_squares[k]) == 1.0) for k in params)
