@@ -131,9 +131,12 @@ def test_lstm_hand_written_gradient_matches_autodiff(clips):
 
     mask = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], bool)[..., None]
     masks = (jnp.asarray(mask), jnp.asarray(mask[::-1]))
-    xs, c0s, h0s = (normal(t, b, n_in),) * 2, (normal(b, h), normal(b, h)), (normal(b, p), normal(b, p))
+    xs, c0s, h0s = (
+        (normal(t, b, n_in), normal(t, b, n_in)),
+        (normal(b, h), normal(b, h)),
+        (normal(b, p), normal(b, p)),
+    )
     ws = tuple((normal(n_in + p, 4 * h), normal(4 * h), normal(h, p)) for _ in range(2))
-    xs = (xs[0], normal(t, b, n_in))
     targets = [(normal(t, b, p), normal(b, h), normal(b, p)) for _ in range(2)]
 
     def loss(fn, xs, c0s, h0s, ws):
