@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from elmojax.errors import ElmoError
+from elmojax.outputs import OUTPUT_FORMATS
 from elmojax.runtime import retain_freed_memory
 
 
@@ -39,27 +40,8 @@ def _add_embed(sub) -> None:
     _flag(p, "--weight-file", required=True, help="ELMo weights HDF5 (bilm-tf dump_weights layout)")
     _flag(p, "--vocab-file", default=None, help="vocabulary (optional for character models)")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument(
-        "--all",
-        dest="output_format",
-        action="store_const",
-        const="all",
-        help="all layers, [n_layers + 1, n_tokens, 2P] per sentence (default)",
-    )
-    fmt.add_argument(
-        "--top",
-        dest="output_format",
-        action="store_const",
-        const="top",
-        help="top layer only, [n_tokens, 2P]",
-    )
-    fmt.add_argument(
-        "--average",
-        dest="output_format",
-        action="store_const",
-        const="average",
-        help="average of the layers, [n_tokens, 2P]",
-    )
+    for name, (help_text, _) in OUTPUT_FORMATS.items():
+        fmt.add_argument(f"--{name}", dest="output_format", action="store_const", const=name, help=help_text)
     p.set_defaults(output_format="all")
     _flag(p, "--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     p.add_argument(
@@ -278,7 +260,7 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from elmojax.train import export_run
+    from elmojax.rundir import export_run
 
     out = export_run(args.save_dir, args.outfile)
     print(f"wrote {out}, {out.parent / 'options.json'} and {out.parent / 'vocab.txt'}", file=sys.stderr)

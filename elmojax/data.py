@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from elmojax.errors import ElmoError
+from elmojax.options import N_DIRECTIONS
 from elmojax.vocab import BOS, EOS, Batcher, Vocabulary
 
 
@@ -246,7 +247,6 @@ class BidirectionalStream:
         seed: int,
         process_index: int = 0,
         process_count: int = 1,
-        bidirectional: bool = True,
         loop: bool = True,
         shuffle: bool = True,
     ):
@@ -262,16 +262,14 @@ class BidirectionalStream:
             )
             return WindowStream(sentences, vocab, batch_size, unroll_steps, batcher)
 
-        self.streams = [make(0)] + ([make(1)] if bidirectional else [])
+        self.streams = [make(d) for d in range(N_DIRECTIONS)]
 
-    def __iter__(self) -> Iterator[tuple[Window, Window | None]]:
+    def __iter__(self) -> Iterator[tuple[Window, Window]]:
         return self
 
-    def __next__(self) -> tuple[Window, Window | None]:
-        windows = []
-        for s in self.streams:
-            windows.append(next(s))
-        return windows[0], (windows[1] if len(windows) > 1 else None)
+    def __next__(self) -> tuple[Window, Window]:
+        forward, backward = [next(s) for s in self.streams]
+        return forward, backward
 
     def state_dict(self) -> dict:
         return {"directions": [s.state_dict() for s in self.streams]}

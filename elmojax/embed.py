@@ -5,8 +5,10 @@ sentence's embedding never depends on its batch mates, its position or earlier c
 AllenNLP instead carry each batch row's final LSTM state into the same row of the next batch;
 ``stateful=True`` reproduces that exactly (it is how the bilm-tf reference embeddings were made).
 
-Batches are padded to a few bucketed shapes (rows, time, distinct tokens) so a stream of ragged
-batches compiles a handful of times, and split over all local devices along the batch axis.
+Batches are padded to a few bucketed shapes (rows, time, distinct tokens; see
+:mod:`elmojax.batching`) so a stream of ragged batches compiles a handful of times, and split over
+all local devices along the batch axis. What an HDF5 dump holds per sentence comes from the one
+table :data:`elmojax.outputs.OUTPUT_FORMATS`.
 """
 
 from __future__ import annotations
@@ -22,30 +24,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from elmojax.batching import sentence_arrays
 from elmojax.errors import ElmoError, InputTextError
 from elmojax.fileio import atomic_path, check_input_file, read_text_lines
 from elmojax.model import BiLM, LSTMState, remove_sentence_boundaries, zero_state
-from elmojax.options import ElmoOptions, load_options
-from elmojax.vocab import Batcher, TokenBatcher, Vocabulary, trim_char_ids
+from elmojax.options import ElmoOptions, Numerics, load_options
+from elmojax.outputs import OUTPUT_FORMATS
+from elmojax.vocab import Batcher, TokenBatcher, Vocabulary
 from elmojax.weights import load_weights
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _pow2(n: int, minimum: int = 1) -> int:
-    return max(minimum, 1 << max(0, n - 1).bit_length())
-
-
-def bucket_time(n: int) -> int:
-    """Bucketed sequence length: multiples of 16 up to 64, then powers of two."""
-    return _round_up(max(n, 1), 16) if n <= 64 else _pow2(n)
-
-
-def bucket_count(n: int) -> int:
-    """Bucketed number of distinct tokens: powers of two up to 256, then multiples of 256."""
-    return _pow2(n, 16) if n <= 256 else _round_up(n, 256)
 
 
 class Embedder:
@@ -66,19 +52,20 @@ class Embedder:
         batch_size: int = 64,
         stateful: bool = False,
         devices: Sequence[jax.Device] | None = None,
-        precision: str | None = "highest",
+        numerics: Numerics | None = None,
     ):
         if options.char_cnn is None and vocab is None:
             raise ElmoError("word-level models (no char_cnn in options) need a vocabulary file")
         self.options = options
         self.batch_size = batch_size
         self.stateful = stateful
-        self.model = BiLM(options, precision=precision)
+        # full float32 matmuls by default: embeddings are compared against references
+        self.model = BiLM(options, numerics or Numerics(precision="highest"))
         if options.char_cnn is not None:
-            self._batcher = Batcher(options.char_cnn.max_characters_per_token, vocab)
-            self._max_width = options.char_cnn.max_width
+            self._batcher: Batcher | TokenBatcher = Batcher(options.char_cnn.max_characters_per_token, vocab)
+            self._max_width: int | None = options.char_cnn.max_width
         else:
-            self._token_batcher = TokenBatcher(vocab)
+            self._batcher, self._max_width = TokenBatcher(vocab), None
         devices = list(devices) if devices is not None else jax.local_devices()
         self.mesh = Mesh(np.array(devices), ("data",))
         self.n_devices = len(devices)
@@ -112,17 +99,6 @@ class Embedder:
         out, _ = remove_sentence_boundaries(layers, mask)
         return out, state
 
-    def _tokens(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct token inputs ``[U, ...]`` and the index ``[B, T]`` into them (0 = padding)."""
-        if self.options.char_cnn is not None:
-            table, index = self._batcher.batch_unique(sentences)
-            return trim_char_ids(table, self._max_width), index
-        ids = self._token_batcher.batch_sentences(sentences)
-        table, index = np.unique(ids, return_inverse=True)
-        if table[0] != 0:  # keep row 0 the padding row even in a batch without padding
-            table, index = np.concatenate([[0], table]), index + 1
-        return table.astype(np.int32), index.reshape(ids.shape).astype(np.int32)
-
     def reset_states(self) -> None:
         """Forget the carried LSTM states (only meaningful with ``stateful=True``)."""
         self._state = None
@@ -135,13 +111,8 @@ class Embedder:
         """
         if not sentences:
             return []
-        n = len(sentences)
-        table, index = self._tokens(sentences)
-        rows = _round_up(_pow2(n), self.n_devices)
-        steps = bucket_time(index.shape[1])
-        n_unique = _round_up(bucket_count(table.shape[0]), self.n_devices)
-        index = np.pad(index, ((0, rows - n), (0, steps - index.shape[1])))
-        table = np.pad(table, ((0, n_unique - table.shape[0]),) + ((0, 0),) * (table.ndim - 1))
+        table, index = sentence_arrays(sentences, self._batcher, self._max_width, self.n_devices)
+        rows, steps = index.shape
         if self.stateful:
             state = self._stateful_rows(rows)
         else:
@@ -234,8 +205,9 @@ def embed_file(
     (``top``) or the layer average ``[T, 2P]`` (``average``); ``sentence_to_index`` holds the JSON map
     from sentence text to dataset name. Returns the number of sentences written.
     """
-    if output_format not in ("all", "top", "average"):
-        raise ElmoError(f"unknown output format {output_format!r}; use all, top or average")
+    if output_format not in OUTPUT_FORMATS:
+        raise ElmoError(f"unknown output format {output_format!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+    select = OUTPUT_FORMATS[output_format][1]
     sentences = read_sentences(input_file, errors)
     from tqdm import tqdm
 
@@ -245,11 +217,7 @@ def embed_file(
         for i, (tokens, emb) in enumerate(
             tqdm(zip(sentences, stream, strict=True), total=len(sentences), disable=not progress, unit="sent")
         ):
-            if output_format == "top":
-                emb = emb[-1]
-            elif output_format == "average":
-                emb = emb.mean(axis=0)
-            fout.create_dataset(str(i), data=emb.astype(np.float32))
+            fout.create_dataset(str(i), data=select(emb).astype(np.float32))
             sentence_to_index.setdefault(" ".join(tokens), str(i))
         ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
         ds[0] = json.dumps(sentence_to_index)

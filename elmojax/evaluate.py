@@ -17,7 +17,9 @@ import numpy as np
 from elmojax.data import BidirectionalStream
 from elmojax.errors import ElmoError
 from elmojax.model import zero_state
-from elmojax.train import get_trainer, load_run, restore_params
+from elmojax.options import N_DIRECTIONS
+from elmojax.rundir import load_run, restore_params
+from elmojax.train import DataParallel, StepConfig, jit_eval_step
 from elmojax.vocab import Batcher, Vocabulary
 
 
@@ -43,33 +45,34 @@ def evaluate(
                 f"{vocab_file}: differs from the vocabulary the run was trained with ({vocab.source}); "
                 "evaluation needs the training vocabulary (or leave --vocab-file out)"
             )
+    options.check_trainable()
     n_dev = len(devices) if devices is not None else jax.device_count()
+    rows_per_device = options.training.batch_size
     if batch_size is not None:
         if batch_size < 1:
             raise ElmoError(f"--batch-size must be >= 1, found {batch_size}")
-        options = options.replace_training(batch_size=-(-batch_size // n_dev))
-    trainer = get_trainer(options, len(vocab), devices)
+        rows_per_device = -(-batch_size // n_dev)
+    par = DataParallel(rows_per_device, devices)
+    config = StepConfig(options, len(vocab))
     params, step = restore_params(save_dir)
     batcher = Batcher(options.char_cnn.max_characters_per_token, vocab) if options.char_cnn else None
     stream = BidirectionalStream(
         test_prefix,
         vocab,
-        trainer.local_rows,
+        par.local_rows,
         options.training.unroll_steps,
         batcher,
         seed=0,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        bidirectional=options.training.bidirectional,
         loop=False,
         shuffle=False,
     )
-    lstm = jax.device_put(zero_state(options, trainer.global_rows, trainer.n_dirs), trainer.state_rows)
-    sums = np.zeros(trainer.n_dirs, np.float64)
-    counts = np.zeros(trainer.n_dirs, np.int64)
+    lstm = par.put_lstm(zero_state(options, par.global_rows))
+    sums = np.zeros(N_DIRECTIONS, np.float64)
+    counts = np.zeros(N_DIRECTIONS, np.int64)
     for windows in stream:
-        batch = trainer.make_batch(windows, 0, sample=False)
-        s, c, lstm = trainer.eval_step(params, lstm, batch)
+        s, c, lstm = jit_eval_step(params, lstm, par.batch(windows, options), config)
         sums += np.asarray(s, np.float64)
         counts += np.asarray(c)
     if counts.min() == 0:
@@ -78,7 +81,7 @@ def evaluate(
     result = {
         "perplexity": math.exp(float(ce.mean())),
         "forward_perplexity": math.exp(float(ce[0])),
-        "backward_perplexity": math.exp(float(ce[-1])),
+        "backward_perplexity": math.exp(float(ce[1])),
         "n_tokens": int(counts[0]),
         "step": step,
     }

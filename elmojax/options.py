@@ -17,10 +17,12 @@ from typing import Any
 
 from elmojax.errors import OptionsError
 
-#: Character ids: UTF-8 bytes 0..255 and five specials (see FORMATS.md).
+#: Character ids: UTF-8 bytes 0..255 and five specials (see docs/formats.md).
 BOS_CHAR, EOS_CHAR, BOW_CHAR, EOW_CHAR, PAD_CHAR = 256, 257, 258, 259, 260
 N_CHARACTERS_TRAIN = 261  # bilm-tf's table while training, without the padding row
 N_CHARACTERS = 262  # the exported value: +1 row for id 0 = "no token here"
+#: ELMo's layers are ``[forward; backward]``: every model has exactly these two LSTM directions
+N_DIRECTIONS = 2
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,14 @@ class ElmoOptions:
         """Width of one biLM layer's output, ``2P``."""
         return 2 * self.lstm.projection_dim
 
+    def check_trainable(self) -> None:
+        """Raise for keys that inference ignores but training cannot honour (checked by train/evaluate)."""
+        if self.training.share_embedding_softmax:
+            raise OptionsError(
+                "options key 'share_embedding_softmax' is true, which elmojax does not implement (it trains "
+                "an untied softmax, as bilm-tf does for character models); set it to false"
+            )
+
     def replace(self, **changes: Any) -> ElmoOptions:
         return dataclasses.replace(self, **changes)
 
@@ -172,7 +182,7 @@ class _Reader:
         full = f"{path}{key}"
         if key not in d or (d[key] is None and default is not ...):
             if default is ...:
-                raise self.fail(full, "is missing; add it (see FORMATS.md for the options.json schema)")
+                raise self.fail(full, "is missing; add it (see docs/formats.md for the options.json schema)")
             return default
         value = d[key]
         if kind is float:
@@ -270,6 +280,12 @@ def options_from_dict(d: Any, source: str = "options") -> ElmoOptions:
         sample_softmax=top("sample_softmax", bool),
         share_embedding_softmax=top("share_embedding_softmax", bool),
     )
+    if not training.bidirectional:
+        raise r.fail(
+            "bidirectional",
+            "is false: elmojax models have both directions (ELMo's layers are [forward; backward] and "
+            "AllenNLP loads only such files); set it to true",
+        )
     if training.dropout >= 1.0:
         raise r.fail("dropout", f"must be < 1.0, found {training.dropout}")
     n_vocab = r.get(d, "n_tokens_vocab", "", int, None, minimum=1)
@@ -292,3 +308,35 @@ def load_options(path: str | Path) -> ElmoOptions:
     except json.JSONDecodeError as e:
         raise OptionsError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     return options_from_dict(d, source=str(path))
+
+
+# --- numerics ---------------------------------------------------------------------------------
+
+_PRECISIONS = (None, "default", "high", "highest")
+_DTYPES = ("float32",)
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How the model computes: one setting that reaches every module and kernel.
+
+    ``compute_dtype`` is the dtype of matmuls and convolutions, ``param_dtype`` that of the
+    parameters (LSTM cell states, the softmax's log-sum-exp and the loss are always float32),
+    ``precision`` the matmul precision (``None``: the backend's default, TF32 on recent GPUs;
+    ``"highest"``: full float32), ``kernels`` the implementation of the custom ops, a name in
+    :data:`elmojax.kernels.KERNELS`. Not part of ``options.json``: the same model file can be run
+    with any numerics.
+    """
+
+    compute_dtype: str = "float32"
+    param_dtype: str = "float32"
+    precision: str | None = None
+    kernels: str = "xla"
+
+    def __post_init__(self):
+        for name in ("compute_dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                value, known = getattr(self, name), ", ".join(_DTYPES)
+                raise OptionsError(f"numerics: {name} {value!r} is not supported; use one of {known}")
+        if self.precision not in _PRECISIONS:
+            raise OptionsError(f"numerics: precision {self.precision!r} is not one of default, high, highest")

@@ -37,9 +37,8 @@ import numpy as np
 
 from elmojax.errors import ElmoError, InputTextError
 from elmojax.fileio import check_input_file, check_writable_dir, read_text_lines
-from elmojax.vocab import BOS, EOS, UNK
+from elmojax.vocab import SPECIALS
 
-SPECIALS = (BOS, EOS, UNK)
 N_BUCKETS = 64  # fixed so that the shuffle depends only on the input and the seed
 _ENDERS = frozenset(".!?…")
 _CLOSERS = frozenset("\"'”’)]}»")

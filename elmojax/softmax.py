@@ -60,6 +60,14 @@ def log_expected_count(ids: Array, num_tries: Array | int, n_classes: int) -> Ar
     return jnp.log(-jnp.expm1(jnp.asarray(num_tries, jnp.float32) * jnp.log1p(-p)))
 
 
+def init_softmax(n_vocab: int, dim: int, key: Array, dtype=jnp.float32) -> dict:
+    """Softmax ``W [V, P]`` ~ N(0, 1/sqrt(P)) and ``b [V]`` = 0, as bilm-tf initialises them."""
+    return {
+        "W": jax.random.normal(key, (n_vocab, dim), dtype) / np.sqrt(dim),
+        "b": jnp.zeros((n_vocab,), dtype),
+    }
+
+
 def sampled_softmax_loss(
     weights: Array, biases: Array, inputs: Array, labels: Array, sampled_ids: Array, num_tries: Array | int
 ) -> Array:

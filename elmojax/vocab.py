@@ -5,7 +5,7 @@ Character ids follow bilm-tf's ``UnicodeCharsVocabulary``: a token's UTF-8 bytes
 sentence markers ``<S>``/``</S>`` are the special BOS/EOS "words". Everything this module returns
 is already **shifted by +1** so that id 0 means "no token here" (batch padding): that is the
 convention of bilm-tf's ``Batcher``, of AllenNLP's ``batch_to_ids`` and of every model in elmojax,
-training included (the model's character table has the padding row 0; see FORMATS.md).
+training included (the model's character table has the padding row 0; see docs/formats.md).
 """
 
 from __future__ import annotations
@@ -159,25 +159,6 @@ class Batcher:
                 out[k, t] = self.char_ids(tok)
             out[k, len(sent) + 1] = self.char_ids(EOS)
         return out
-
-    def batch_unique(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """Deduplicated batch: ``(char_ids [n_unique, max_chars], index [n_sentences, max_len + 2])``.
-
-        Row 0 of ``char_ids`` is all zeros and is what padding positions point at; the character
-        CNN then runs once per distinct token instead of once per position.
-        """
-        max_len = max((len(s) for s in sentences), default=0) + 2
-        index = np.zeros((len(sentences), max_len), dtype=np.int32)
-        rows: dict[str, int] = {}
-        table = [np.zeros(self.max_characters_per_token, dtype=np.int32)]
-        for k, sent in enumerate(sentences):
-            for t, tok in enumerate((BOS, *sent, EOS)):
-                r = rows.get(tok)
-                if r is None:
-                    r = rows[tok] = len(table)
-                    table.append(self.char_ids(tok))
-                index[k, t] = r
-        return np.stack(table), index
 
 
 def trim_char_ids(char_ids: np.ndarray, max_filter_width: int, multiple: int = 4) -> np.ndarray:

@@ -7,8 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from elmojax.model import BiLM, LSTMLayer, reverse_within_length, zero_state
-from elmojax.options import LSTMOptions
+from elmojax.kernels import KERNELS
+from elmojax.kernels.conv import conv1d, conv_max_pool
+from elmojax.kernels.lstm import lstm_layers, lstm_reference
+from elmojax.model import BiLM, reverse_within_length, zero_state
+from elmojax.options import Numerics
 from elmojax.vocab import Batcher
 
 # float32 on GPUs defaults to TF32 matmuls; comparisons against numpy pin full precision
@@ -31,27 +34,39 @@ def numpy_lstm(x, w, b, w_p, c, h, cell_clip, proj_clip):
     return np.stack(outs, 1), c, h
 
 
+def run_layer(x, mask, state, weights, cell_clip, proj_clip):
+    """One direction of the LSTM kernel on batch-major ``x [B, T, in]``, ``mask [B, T]``."""
+    (ys,), (c,), (h,) = lstm_layers(
+        (x.swapaxes(0, 1),),
+        (mask.T[..., None],),
+        (state[0],),
+        (state[1],),
+        (weights,),
+        cell_clip,
+        proj_clip,
+        HIGHEST,
+    )
+    return np.asarray(ys).swapaxes(0, 1), (c, h)
+
+
 def test_lstm_layer_matches_tensorflow_equations():
-    opts = LSTMOptions(dim=8, projection_dim=3, n_layers=1, cell_clip=0.5, proj_clip=0.4)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 5, 4)).astype(np.float32)
     c0 = rng.normal(size=(2, 8)).astype(np.float32)
     h0 = rng.normal(size=(2, 3)).astype(np.float32)
-    layer = LSTMLayer(opts, HIGHEST)
     mask = np.ones((2, 5), bool)
-    params = layer.init(jax.random.PRNGKey(1), x.swapaxes(0, 1), mask.T, (c0, h0))
-    p = jax.tree_util.tree_map(np.asarray, params["params"])
-    p["B"] = rng.normal(size=p["B"].shape).astype(np.float32)  # non-zero bias to exercise the gate order
-    ys, (c, h) = layer.apply({"params": p}, x.swapaxes(0, 1), mask.T, (c0, h0))
-    ys = ys.swapaxes(0, 1)
+    # W_0 [in + P, 4H], a non-zero bias to exercise the gate order, W_P_0 [H, P]
+    p = {k: (0.5 * rng.normal(size=shape)).astype(np.float32) for k, shape in
+         (("W_0", (7, 32)), ("B", (32,)), ("W_P_0", (8, 3)))}  # fmt: skip
+    weights = (p["W_0"], p["B"], p["W_P_0"])
+    ys, (c, h) = run_layer(x, mask, (c0, h0), weights, 0.5, 0.4)
     ys_ref, c_ref, h_ref = numpy_lstm(x, p["W_0"], p["B"], p["W_P_0"], c0, h0, 0.5, 0.4)
     np.testing.assert_allclose(ys, ys_ref, atol=1e-6)
     np.testing.assert_allclose(c, c_ref, atol=1e-6)
     np.testing.assert_allclose(h, h_ref, atol=1e-6)
     # masked steps keep the state and output zeros (dynamic_rnn with sequence_length)
     mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-    ys_m, (c_m, h_m) = layer.apply({"params": p}, x.swapaxes(0, 1), mask.T, (c0, h0))
-    ys_m = ys_m.swapaxes(0, 1)
+    ys_m, (c_m, h_m) = run_layer(x, mask, (c0, h0), weights, 0.5, 0.4)
     _, c3, h3 = numpy_lstm(x[:1, :3], p["W_0"], p["B"], p["W_P_0"], c0[:1], h0[:1], 0.5, 0.4)
     np.testing.assert_allclose(c_m[0], c3[0], atol=1e-6)
     np.testing.assert_allclose(h_m[0], h3[0], atol=1e-6)
@@ -83,7 +98,7 @@ def numpy_char_embedder(p, ids, filters, n_highway):
 
 def test_char_embedder_matches_numpy(tiny_options, tiny_params):
     ids = Batcher().batch_sentences([["hello", "wörld", "!"]])[0]
-    got = BiLM(tiny_options, HIGHEST).apply(tiny_params, ids, method=BiLM.embed_tokens)
+    got = BiLM(tiny_options, Numerics(precision=HIGHEST)).apply(tiny_params, ids, method=BiLM.embed_tokens)
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tiny_params["params"]["token_embedder"])
     ref = numpy_char_embedder(p, ids, tiny_options.char_cnn.filters, tiny_options.char_cnn.n_highway)
     np.testing.assert_allclose(got, ref, atol=1e-5)
@@ -111,18 +126,29 @@ def test_skip_connections(tiny_options, tiny_params, skip):
     x = model.apply(tiny_params, ids, method=BiLM.embed_tokens)
     mask = np.ones((1, 4), bool)
     s = zero_state(tiny_options, 1)
-    layers, _ = model.apply(tiny_params, 0, x, mask, (s.c[0], s.h[0]), method=BiLM.run_direction)
-    cell1 = {"params": tiny_params["params"]["RNN_0"]["Cell1"]}
-    y1, _ = LSTMLayer(lstm_opts).apply(cell1, layers[0].swapaxes(0, 1), mask.T, (s.c[0, 1], s.h[0, 1]))
-    y1 = y1.swapaxes(0, 1)
+    (layers, _), _ = model.apply(tiny_params, [x, x], [mask, mask], s, method=BiLM.lstm)  # forward's layers
+    cell1 = tiny_params["params"]["RNN_0"]["Cell1"]
+    weights = (cell1["W_0"], cell1["B"], cell1["W_P_0"])
+    o = tiny_options.lstm
+    y1, _ = run_layer(np.asarray(layers[0]), mask, (s.c[0, 1], s.h[0, 1]), weights, o.cell_clip, o.proj_clip)
     np.testing.assert_allclose(layers[1], y1 + layers[0] if skip else y1, atol=1e-6)
+
+
+def test_kernel_choice_is_one_setting(tiny_options, tiny_params):
+    """The reference kernels (plain formulations) give the biLM the same outputs as the default ones."""
+    ids = Batcher().batch_sentences([["a", "bc", "def"], ["g"]])
+    mask = (ids > 0).any(-1)
+    outs = []
+    for name in KERNELS:
+        model = BiLM(tiny_options, Numerics(precision=HIGHEST, kernels=name))
+        x = model.apply(tiny_params, ids, method=BiLM.embed_tokens)
+        outs.append(model.apply(tiny_params, x, mask, zero_state(tiny_options, 2))[0])
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
 
 
 @pytest.mark.parametrize("clips", [(None, None), (0.3, 0.2)])
 def test_lstm_hand_written_gradient_matches_autodiff(clips):
     """Two directions in one loop, each with its own input, mask, state and weights."""
-    from elmojax.model import _lstm_run, lstm_layers
-
     rng = np.random.default_rng(0)
     t, b, n_in, h, p = 5, 3, 6, 8, 4
 
@@ -146,9 +172,7 @@ def test_lstm_hand_written_gradient_matches_autodiff(clips):
             for y, c, hh, (ty, tc, th) in zip(ys, cs, hs, targets, strict=True)
         )
 
-    def plain(*a):
-        return _lstm_run(*a, False)
-
+    plain = lstm_reference
     args = (xs, c0s, h0s, ws)
     g_custom = jax.grad(lambda *a: loss(lstm_layers, *a), argnums=range(4))(*args)
     g_plain = jax.grad(lambda *a: loss(plain, *a), argnums=range(4))(*args)
@@ -161,15 +185,13 @@ def test_lstm_hand_written_gradient_matches_autodiff(clips):
 @pytest.mark.parametrize("width", [1, 3, 5])
 def test_conv_max_pool_hand_written_gradient(width):
     """Against autodiff of conv + max (no ties in random data), and TF's first-maximum rule on ties."""
-    from elmojax.model import _conv, conv_max_pool
-
     rng = np.random.default_rng(width)
     x = jnp.asarray(rng.normal(size=(6, 9, 4)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(width, 4, 5)), jnp.float32)
     g = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
     got = jax.grad(lambda x, w: jnp.sum(conv_max_pool(x, w, HIGHEST) * g), argnums=(0, 1))(x, w)
-    want = jax.grad(lambda x, w: jnp.sum(jnp.max(_conv(x, w, HIGHEST), axis=1) * g), argnums=(0, 1))(x, w)
-    want_y = jnp.max(_conv(x, w, HIGHEST), axis=1)
+    want = jax.grad(lambda x, w: jnp.sum(jnp.max(conv1d(x, w, HIGHEST), axis=1) * g), argnums=(0, 1))(x, w)
+    want_y = jnp.max(conv1d(x, w, HIGHEST), axis=1)
     np.testing.assert_allclose(conv_max_pool(x, w, HIGHEST), want_y, rtol=0, atol=0)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -17,7 +17,8 @@ from elmojax.embed import Embedder
 from elmojax.errors import ElmoError
 from elmojax.evaluate import evaluate
 from elmojax.options import load_options, options_from_dict
-from elmojax.train import TrainConfig, export_run, restore_params, train
+from elmojax.rundir import export_run, restore_params
+from elmojax.train import TrainConfig, train
 from elmojax.weights import load_weights, save_weights
 from tests.conftest import ROOT, tiny_options_dict
 
@@ -165,7 +166,8 @@ import sys, jax, numpy as np
 sys.path.insert(0, ".")
 from pathlib import Path
 from elmojax.options import load_options, options_from_dict
-from elmojax.train import TrainConfig, train, restore_params
+from elmojax.rundir import restore_params
+from elmojax.train import TrainConfig, train
 from tests.conftest import tiny_options_dict
 from tests.test_train import TRAIN_KEYS, write_corpus
 assert jax.local_device_count() == 4

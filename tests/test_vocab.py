@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from elmojax.batching import distinct_tokens
 from elmojax.errors import VocabularyError
 from elmojax.vocab import Batcher, TokenBatcher, Vocabulary, batch_to_ids, token_char_ids
 
@@ -51,14 +52,6 @@ def test_batch_layout_and_padding():
     np.testing.assert_array_equal(ids[0, 4], token_char_ids("</S>"))
 
 
-def test_unique_batch_matches_dense_batch():
-    sents = [["the", "cat", "the"], ["a"], []]
-    b = Batcher()
-    table, index = b.batch_unique(sents)
-    np.testing.assert_array_equal(table[index], b.batch_sentences(sents))
-    assert len(table) == 1 + 5  # padding row, <S>, the, cat, </S>, a
-
-
 def test_vocabulary_file(tmp_path):
     p = tmp_path / "vocab.txt"
     p.write_text("<S>\n</S>\n<UNK>\nthe\ncat\n")
@@ -100,5 +93,5 @@ def test_any_unicode_batches(sentences):
     lengths = (ids > 0).any(axis=2).sum(axis=1)
     np.testing.assert_array_equal(lengths, [len(s) + 2 for s in sentences])
     assert ids.max() <= 261 and ids.shape[2] == 50
-    table, index = Batcher().batch_unique(sentences)
+    table, index = distinct_tokens(ids, char=True)
     np.testing.assert_array_equal(table[index], ids)

@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elmojax.batching import sample_negatives
 from elmojax.data import BidirectionalStream
 from elmojax.options import load_options, options_from_dict
 from elmojax.runtime import retain_freed_memory
-from elmojax.train import Trainer
+from elmojax.train import DataParallel, StepConfig, init_state, jit_train_step
 from elmojax.vocab import Batcher, Vocabulary
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -101,34 +102,40 @@ def gemm_rate() -> float:
 def time_elmojax(options, corpus: Path, steps: int) -> dict:
     vocab = Vocabulary.from_file(corpus / "vocab.txt")
     options = options.replace(n_tokens_vocab=len(vocab))
-    trainer = Trainer(options, len(vocab))
     t = options.training
+    par = DataParallel(t.batch_size)
+    config = StepConfig(options, len(vocab), mesh=par.mesh)
     stream = BidirectionalStream(
-        str(corpus / "train.txt"), vocab, trainer.local_rows, t.unroll_steps, Batcher(50, vocab), seed=0
+        str(corpus / "train.txt"), vocab, par.local_rows, t.unroll_steps, Batcher(50, vocab), seed=0
     )
-    state = trainer.init_state(jax.random.PRNGKey(0))
-    batches = [trainer.make_batch(next(stream), i) for i in range(steps)]
+
+    def make_batch(i: int) -> dict:  # what `elmojax train` does on the host for step i
+        negatives = sample_negatives(0, i, len(vocab), t.n_negative_samples_batch)
+        return par.batch(next(stream), options, negatives)
+
+    state = par.put_state(init_state(config, par.global_rows, jax.random.PRNGKey(0)))
+    batches = [make_batch(i) for i in range(steps)]
     shapes = {b["table"].shape for b in batches}
     compiled = set()
     t0 = time.perf_counter()
     for b in batches:  # compile every bucketed shape first, so only steady-state steps are timed
         if b["table"].shape not in compiled:
             compiled.add(b["table"].shape)
-            state, m = trainer.step(state, b)
+            state, m = jit_train_step(state, b, config)
     jax.block_until_ready(state)
     print(f"  compiled {len(compiled)} step shapes in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    flops = trainer._step.lower(state, batches[0]).compile().cost_analysis()
+    flops = jit_train_step.lower(state, batches[0], config).compile().cost_analysis()
     flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
     start = time.perf_counter()
     for b in batches:
-        state, m = trainer.step(state, b)
+        state, m = jit_train_step(state, b, config)
     jax.block_until_ready(state)
     dt = time.perf_counter() - start
-    tokens = steps * trainer.global_rows * t.unroll_steps
+    tokens = steps * par.global_rows * t.unroll_steps
     # the host side (streams + dedup) runs before timing; time it separately to show it keeps up
     h0 = time.perf_counter()
     for i in range(steps):
-        trainer.make_batch(next(stream), i)
+        make_batch(i)
     host = (time.perf_counter() - h0) / steps
     return {
         "tokens_per_s": tokens / dt,
