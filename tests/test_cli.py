@@ -5,7 +5,7 @@ import re
 import pytest
 
 from elmojax.cli import build_parser, main
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def subparsers():

@@ -12,7 +12,7 @@ import pytest
 from elmojax.cli import main
 from elmojax.embed import Embedder
 from elmojax.weights import save_weights
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PARITY_ATOL = 1e-5  # the issue's bound; bilm-tf's own test uses 1e-6, which we also meet (see below)
 
@@ -160,7 +160,7 @@ import sys, numpy as np, jax
 from elmojax.embed import Embedder
 from elmojax.model import init_params
 from elmojax.options import options_from_dict
-from tests.conftest import tiny_options_dict
+from tests.helpers import tiny_options_dict
 assert jax.local_device_count() == 4, jax.local_devices()
 o = options_from_dict(tiny_options_dict())
 params = init_params(o, jax.random.PRNGKey(0))
@@ -175,6 +175,7 @@ print("ok", sharded.n_devices)
 """
 
 
+@pytest.mark.multidevice
 def test_sharded_embedder_equals_single_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     r = subprocess.run(

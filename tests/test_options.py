@@ -4,7 +4,7 @@ import pytest
 
 from elmojax.errors import OptionsError
 from elmojax.options import load_options, options_from_dict
-from tests.conftest import tiny_options_dict
+from tests.helpers import tiny_options_dict
 
 
 def test_fixture_options_load(fixture_dir):
@@ -49,6 +49,7 @@ def test_word_level_model_needs_vocab_size():
         (lambda d: d.update(batch_size=True), "batch_size", "must be int"),
         (lambda d: d.update(dropout=1.5), "dropout", "< 1.0"),
         (lambda d: d["lstm"].update(projection_dim=99), "lstm.projection_dim", "must not exceed"),
+        (lambda d: d.update(bidirectional=False), "bidirectional", "set it to true"),
     ],
 )
 def test_bad_options_name_file_and_key(tmp_path, mutate, key, problem):
@@ -85,3 +86,22 @@ def test_unreadable_files(tmp_path):
         load_options(bad)
     with pytest.raises(OptionsError, match="is a directory"):
         load_options(tmp_path)
+
+
+def test_tied_softmax_refused_for_training_only(tmp_path):
+    """share_embedding_softmax is never silently ignored: train and evaluate refuse it by name;
+    inference, which has no softmax, loads the file."""
+    from elmojax.cli import main
+
+    d = tiny_options_dict(share_embedding_softmax=True)
+    (tmp_path / "options.json").write_text(json.dumps(d))
+    assert load_options(tmp_path / "options.json").training.share_embedding_softmax
+    (tmp_path / "train.txt").write_text("a b c\n")
+    (tmp_path / "vocab.txt").write_text("<S>\n</S>\n<UNK>\na\nb\nc\n")
+    argv = ["train", "--options-file", str(tmp_path / "options.json"), "--no-progress",
+            "--train-prefix", str(tmp_path / "train.txt"), "--vocab-file", str(tmp_path / "vocab.txt"),
+            "--save-dir", str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(OptionsError, match="'share_embedding_softmax' is true.*set it to false"):
+        options_from_dict(d).check_trainable()
+    assert main(argv) == 2
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -149,7 +149,7 @@ def test_csv_and_tsv_columns(tmp_path, delimiter, suffix):
 
 
 def test_bundled_corpus_slice_prepares(tmp_path):
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     lines = (ROOT / "experiments" / "data" / "sample_corpus.csv").read_text(encoding="utf-8").splitlines()
     src = tmp_path / "slice.csv"

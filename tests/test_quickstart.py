@@ -11,10 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, tiny_options_dict
+from tests.helpers import ROOT, tiny_options_dict
 
 
 def test_quickstart_script_on_a_corpus_slice(tmp_path):
+    mpl_image = pytest.importorskip("matplotlib.image")  # the script draws the training curve with it
     lines = (ROOT / "experiments" / "data" / "sample_corpus.csv").read_text(encoding="utf-8").splitlines()
     corpus = tmp_path / "slice.csv"
     corpus.write_text("\n".join(lines[:150]) + "\n", encoding="utf-8")
@@ -61,10 +62,6 @@ def test_quickstart_script_on_a_corpus_slice(tmp_path):
     assert len(values) == 3 * 2 * 3 and all(math.isfinite(v) for v in values)
     assert "perplexity" in proc.stdout and "cosine distance" in proc.stdout
 
-    try:
-        import matplotlib.image
-    except ImportError:
-        return
     png = out / "training_curve.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert matplotlib.image.imread(png).shape[:2] == (400, 700)
+    assert mpl_image.imread(png).shape[:2] == (400, 700)

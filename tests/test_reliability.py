@@ -21,8 +21,7 @@ from elmojax.options import options_from_dict
 from elmojax.rundir import checkpoint_manager, restore_params
 from elmojax.train import TrainConfig, train
 from elmojax.weights import save_weights
-from tests.conftest import ROOT, tiny_options_dict
-from tests.test_train import TRAIN_KEYS, write_corpus
+from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, write_corpus
 
 KILL_STEPS = 40
 

@@ -20,37 +20,7 @@ from elmojax.options import load_options, options_from_dict
 from elmojax.rundir import export_run, restore_params
 from elmojax.train import TrainConfig, train
 from elmojax.weights import load_weights, save_weights
-from tests.conftest import ROOT, tiny_options_dict
-
-TRAIN_KEYS = {
-    "batch_size": 4,
-    "unroll_steps": 6,
-    "n_negative_samples_batch": 12,
-    "dropout": 0.1,
-    "n_epochs": 1,
-}
-
-
-def write_corpus(directory, n_sentences=300, seed=0):
-    """A corpus with learnable structure: subject-verb-object sentences from small word lists."""
-    rng = np.random.default_rng(seed)
-    subjects = ["the cat", "a dog", "my friend", "the teacher", "our neighbour"]
-    verbs = ["sees", "likes", "finds", "helps"]
-    objects = ["the ball", "a book", "the garden", "some bread", "the river"]
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} ." for _ in range(n_sentences)
-    ]
-    half = n_sentences // 2
-    (directory / "shard_0.txt").write_text("\n".join(lines[:half]) + "\n")
-    (directory / "shard_1.txt").write_text("\n".join(lines[half:]) + "\n")
-    counts: dict[str, int] = {}
-    for line in lines:
-        for tok in line.split():
-            counts[tok] = counts.get(tok, 0) + 1
-    vocab = ["<S>", "</S>", "<UNK>"] + sorted(counts, key=lambda t: (-counts[t], t))
-    (directory.parent / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return str(directory / "shard_*.txt"), str(directory.parent / "vocab.txt")
+from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +138,7 @@ from pathlib import Path
 from elmojax.options import load_options, options_from_dict
 from elmojax.rundir import restore_params
 from elmojax.train import TrainConfig, train
-from tests.conftest import tiny_options_dict
-from tests.test_train import TRAIN_KEYS, write_corpus
+from tests.helpers import TRAIN_KEYS, tiny_options_dict, write_corpus
 assert jax.local_device_count() == 4
 tmp = Path(sys.argv[1])
 train_glob, vocab = write_corpus(tmp / "train")
@@ -187,6 +156,7 @@ assert diff <= 1e-6, diff
 """
 
 
+@pytest.mark.multidevice
 def test_data_parallel_equals_single_device(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     r = subprocess.run(

@@ -3,13 +3,14 @@ import json
 import shutil
 
 import h5py
+import jax
 import numpy as np
 import pytest
 
 from elmojax.errors import WeightsError
 from elmojax.options import load_options
 from elmojax.weights import load_weights, save_weights, standard_datasets
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def md5(path):
@@ -111,9 +112,14 @@ def test_not_hdf5_and_truncated(fixture_dir, tmp_path):
         load_weights(tmp_path / "missing.hdf5", options)
 
 
+#: biLM parameters of the published ELMo models (AllenNLP's ELMo page: 13.6M, 28.0M, 93.6M)
+PUBLISHED_MILLIONS = {"small": 13.6, "medium": 28.0, "original": 93.6}
+
+
 @pytest.mark.parametrize("size", ["small", "medium", "original"])
 def test_published_sizes_load(tmp_path, size):
-    """Random weights in the published layouts (never downloaded) load with the published options."""
+    """Random weights in the published layouts (never downloaded) load with the published options,
+    and have the published models' parameter counts."""
     options = load_options(ROOT / "experiments" / "configs" / f"{size}.json")
     rng = np.random.default_rng(0)
     path = tmp_path / f"{size}.hdf5"
@@ -121,6 +127,8 @@ def test_published_sizes_load(tmp_path, size):
         for name, _, shape in standard_datasets(options):
             f.create_dataset(name, data=rng.standard_normal(shape, dtype=np.float32) * 0.01)
     params = load_weights(path, options)["params"]
+    n_params = sum(a.size for a in jax.tree_util.tree_leaves(params)) - 16  # less the padding row
+    assert round(n_params / 1e6, 1) == PUBLISHED_MILLIONS[size]
     w0 = params["RNN_1"]["Cell1"]["W_0"]
     p, h = options.lstm.projection_dim, options.lstm.dim
     assert w0.shape == (2 * p, 4 * h)
