@@ -47,8 +47,15 @@ def _add_embed(sub) -> None:
     p.add_argument(
         "--stateful",
         action="store_true",
-        help="carry LSTM states from batch to batch row by row, as bilm-tf and AllenNLP do "
-        "(default: stateless, each sentence embedded independently)",
+        help="carry LSTM states from batch to batch row by row, from zeros, as bilm-tf and AllenNLP do "
+        "(default: stateless, each sentence embedded independently from the start state)",
+    )
+    _flag(
+        p,
+        "--start-state",
+        choices=["warm", "zero"],
+        default="warm",
+        help="stateless start of every sentence: the model's warm state (default) or zeros",
     )
     p.add_argument(
         "--errors",
@@ -71,6 +78,7 @@ def _run_embed(args: argparse.Namespace) -> None:
         args.vocab_file,
         batch_size=args.batch_size,
         stateful=args.stateful,
+        start_state=args.start_state,
     )
     n = embed_file(
         embedder,
@@ -234,6 +242,18 @@ def _add_evaluate(sub) -> None:
     _flag(p, "--test-prefix", required=True, help="glob of held-out files")
     _flag(p, "--vocab-file", default=None, help="vocabulary (default: the run's own)")
     _flag(p, "--batch-size", type=int, default=None, help="rows per batch (default: the run's batch_size)")
+    p.add_argument(
+        "--per-sentence",
+        action="store_true",
+        help="also score every sentence on its own from the start state, as stateless embedding sees it",
+    )
+    _flag(
+        p,
+        "--start-state",
+        choices=["warm", "zero"],
+        default="warm",
+        help="where rows and sentences start: the model's warm state (default) or zeros (bilm-tf's start)",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -242,7 +262,14 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     print(
         json.dumps(
-            evaluate(args.save_dir, args.test_prefix, vocab_file=args.vocab_file, batch_size=args.batch_size)
+            evaluate(
+                args.save_dir,
+                args.test_prefix,
+                vocab_file=args.vocab_file,
+                batch_size=args.batch_size,
+                per_sentence=args.per_sentence,
+                start=args.start_state,
+            )
         )
     )
 

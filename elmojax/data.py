@@ -277,3 +277,30 @@ class BidirectionalStream:
     def load_state_dict(self, d: dict) -> None:
         for s, sd in zip(self.streams, d["directions"], strict=True):
             s.load_state_dict(sd)
+
+
+def sentence_windows(
+    sentences: Sequence[Sequence[str]], vocab: Vocabulary, batcher: Batcher | None, length: int
+) -> tuple[Window, Window]:
+    """Forward and backward windows that hold one whole sentence a row, for per-sentence scoring.
+
+    Row ``k`` of the forward window reads ``<S> t1 .. tn`` and predicts ``t1 .. tn </S>``; of the
+    backward one reads ``</S> tn .. t1`` and predicts ``tn .. t1 <S>``. Rows are padded (mask
+    False) to ``length`` positions, which must be at least the longest sentence plus one.
+    """
+    out = []
+    for direction in range(N_DIRECTIONS):
+        b = len(sentences)
+        token_ids = np.zeros((b, length), np.int32)
+        targets = np.zeros((b, length), np.int32)
+        mask = np.zeros((b, length), bool)
+        chars = None if batcher is None else np.zeros((b, length, batcher.max_characters_per_token), np.int32)
+        for i, sent in enumerate(sentences):
+            ids = vocab.encode(sent, reverse=direction == 1)
+            n = len(ids) - 1
+            token_ids[i, :n], targets[i, :n], mask[i, :n] = ids[:-1], ids[1:], True
+            if chars is not None:
+                marked = [EOS, *sent[::-1]] if direction == 1 else [BOS, *sent]
+                chars[i, :n] = [batcher.char_ids(t) for t in marked]
+        out.append(Window(token_ids, chars, targets, mask))
+    return out[0], out[1]

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from elmojax.model import BiLM, remove_sentence_boundaries, zero_state
 from elmojax.options import ElmoOptions
+from elmojax.start import rows_state, warmup_arrays
 
 Array = jax.Array
 
@@ -60,7 +61,8 @@ class Elmo(nn.Module):
     makes them (token ids ``[B, T + 2]`` for word-level models). Output: a dict with
     ``elmo_representations`` (a list of ``num_output_representations`` arrays ``[B, T, 2P]``),
     ``mask [B, T]`` and ``regularization`` (sum of the mixes' L2 penalties). Load pretrained biLM
-    weights with :func:`with_pretrained_bilm`.
+    weights with :func:`with_pretrained_bilm`. ``start_state`` is ``warm`` (default) or ``zero``;
+    word-level models' warm-up assumes ``<S>``, ``</S>`` are their vocabulary's first two lines.
     """
 
     options: ElmoOptions
@@ -69,13 +71,19 @@ class Elmo(nn.Module):
     do_layer_norm: bool = False
     l2_coef: float = 0.0
     fine_tune: bool = False
+    start_state: str = "warm"
 
     @nn.compact
     def __call__(self, inputs: Array, deterministic: bool = True) -> dict:
         bilm = BiLM(self.options, name="bilm")
         vectors = bilm.embed_tokens(inputs)
         mask = (inputs > 0).any(-1) if inputs.ndim == 3 else inputs > 0
-        layers, _ = bilm(vectors, mask, zero_state(self.options, inputs.shape[0]))
+        if self.start_state == "warm":
+            start = bilm.warm_state(*(jnp.asarray(a) for a in warmup_arrays(self.options)))
+            start = jax.lax.stop_gradient(rows_state(start, inputs.shape[0]))
+        else:
+            start = zero_state(self.options, inputs.shape[0])
+        layers, _ = bilm(vectors, mask, start)
         layers, mask = remove_sentence_boundaries(layers, mask)
         if not self.fine_tune:
             layers = jax.lax.stop_gradient(layers)

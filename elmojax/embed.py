@@ -1,8 +1,9 @@
 """Contextual embeddings from a trained biLM: the :class:`Embedder` and HDF5 embedding dumps.
 
-The Embedder is **stateless** by default: every call starts the LSTMs from zero states, so a
-sentence's embedding never depends on its batch mates, its position or earlier calls. bilm-tf and
-AllenNLP instead carry each batch row's final LSTM state into the same row of the next batch;
+The Embedder is **stateless** by default: every sentence starts from the model's fixed start state
+(:mod:`elmojax.start`: ``warm``, the state after a warm-up text, or ``zero``), so its embedding
+never depends on its batch mates, its position or earlier calls. bilm-tf and AllenNLP instead carry
+each batch row's final LSTM state into the same row of the next batch, starting from zeros;
 ``stateful=True`` reproduces that exactly (it is how the bilm-tf reference embeddings were made).
 
 Batches are padded to a few bucketed shapes (rows, time, distinct tokens; see
@@ -30,6 +31,8 @@ from elmojax.fileio import atomic_path, check_input_file, read_text_lines
 from elmojax.model import BiLM, LSTMState, remove_sentence_boundaries, zero_state
 from elmojax.options import ElmoOptions, Numerics, load_options
 from elmojax.outputs import OUTPUT_FORMATS
+from elmojax.start import rows_state
+from elmojax.start import start_state as model_start_state
 from elmojax.vocab import Batcher, TokenBatcher, Vocabulary
 from elmojax.weights import load_weights
 
@@ -40,7 +43,9 @@ class Embedder:
     Build it from files with :meth:`from_files` (``options.json``, weights HDF5, optional
     vocabulary) or from an :class:`~elmojax.options.ElmoOptions` and a parameter tree. Layer 0 is
     the context-free token representation ``[x; x]``, layer ``k`` the ``k``-th LSTM layer of both
-    directions ``[forward; backward]``.
+    directions ``[forward; backward]``. ``start_state`` (``warm`` or ``zero``) is where stateless
+    embedding starts each sentence; stateful embedding starts from zeros and carries rows, as
+    bilm-tf does. ``numerics`` defaults to full float32 matmul precision.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class Embedder:
         stateful: bool = False,
         devices: Sequence[jax.Device] | None = None,
         numerics: Numerics | None = None,
+        start_state: str = "warm",
     ):
         if options.char_cnn is None and vocab is None:
             raise ElmoError("word-level models (no char_cnn in options) need a vocabulary file")
@@ -73,6 +79,8 @@ class Embedder:
         self._state_sharding = NamedSharding(self.mesh, P(None, None, "data"))
         self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
         self._forward = jax.jit(self._forward_impl)
+        self.start_state = start_state
+        self._start = model_start_state(self.model, self.params, start_state, self._batcher)
         self._state: LSTMState | None = None
         self.shapes_compiled: set[tuple[int, ...]] = set()
 
@@ -116,7 +124,7 @@ class Embedder:
         if self.stateful:
             state = self._stateful_rows(rows)
         else:
-            state = zero_state(self.options, rows)
+            state = rows_state(self._start, rows)
         state = jax.device_put(state, self._state_sharding)
         self.shapes_compiled.add((rows, steps, *table.shape))
         out, new_state = self._forward(

@@ -1,9 +1,14 @@
 """Held-out perplexity with the full softmax, every token counted.
 
-As bilm-tf's ``run_test.py``: the held-out files are read once, in order, as row streams whose LSTM
-states carry from window to window; the loss is the full-softmax cross-entropy of each next token.
-Unlike bilm-tf, the last incomplete batch is not dropped: its unused positions are masked, so
-every target of every sentence counts exactly once.
+The stream figure is bilm-tf's ``run_test.py``: the held-out files are read once, in order, as row
+streams whose LSTM states carry from window to window; the loss is the full-softmax cross-entropy
+of each next token. Unlike bilm-tf, the last incomplete batch is not dropped (its unused positions
+are masked, so every target of every sentence counts exactly once), and every row starts from the
+model's start state (:mod:`elmojax.start`, ``warm`` by default) rather than from zeros, so the
+number of rows changes the speed, not the result, beyond the cross-sentence context a row carries.
+
+The per-sentence figure scores each sentence on its own from that same start state, as the
+stateless :class:`~elmojax.embed.Embedder` sees it: the figure that matters for embeddings.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from elmojax.data import BidirectionalStream
+from elmojax.batching import bucket_time
+from elmojax.data import BidirectionalStream, SentenceStream, Window, sentence_windows
 from elmojax.errors import ElmoError
-from elmojax.model import zero_state
 from elmojax.options import N_DIRECTIONS
 from elmojax.rundir import load_run, restore_params
+from elmojax.start import rows_state, start_state
 from elmojax.train import DataParallel, StepConfig, jit_eval_step
-from elmojax.vocab import Batcher, Vocabulary
+from elmojax.vocab import Batcher, TokenBatcher, Vocabulary
 
 
 def evaluate(
@@ -30,12 +36,15 @@ def evaluate(
     vocab_file: str | Path | None = None,
     batch_size: int | None = None,
     devices: list | None = None,
+    per_sentence: bool = False,
+    start: str = "warm",
 ) -> dict:
     """Perplexities of the latest checkpoint in ``save_dir`` on the files matching ``test_prefix``.
 
     Returns ``perplexity`` (bilm-tf's figure: exp of the mean of the two directions'
     cross-entropies), ``forward_perplexity``, ``backward_perplexity``, ``n_tokens`` (targets per
-    direction) and the ``step`` of the checkpoint.
+    direction), the ``step`` of the checkpoint and the ``start_state``; with ``per_sentence`` also
+    ``per_sentence``: the same three perplexities with every sentence scored on its own.
     """
     options, vocab = load_run(save_dir)
     if vocab_file is not None:
@@ -56,6 +65,8 @@ def evaluate(
     config = StepConfig(options, len(vocab))
     params, step = restore_params(save_dir)
     batcher = Batcher(options.char_cnn.max_characters_per_token, vocab) if options.char_cnn else None
+    start_lstm = start_state(config.model, {"params": params["bilm"]}, start, batcher or TokenBatcher(vocab))
+
     stream = BidirectionalStream(
         test_prefix,
         vocab,
@@ -68,7 +79,7 @@ def evaluate(
         loop=False,
         shuffle=False,
     )
-    lstm = par.put_lstm(zero_state(options, par.global_rows))
+    lstm = par.put_lstm(rows_state(start_lstm, par.global_rows))
     sums = np.zeros(N_DIRECTIONS, np.float64)
     counts = np.zeros(N_DIRECTIONS, np.int64)
     for windows in stream:
@@ -77,12 +88,46 @@ def evaluate(
         counts += np.asarray(c)
     if counts.min() == 0:
         raise ElmoError(f"{test_prefix}: no tokens to evaluate")
+    result = {**_perplexities(sums, counts), "n_tokens": int(counts[0]), "step": step, "start_state": start}
+
+    if per_sentence:
+        sentences = SentenceStream(
+            test_prefix,
+            seed=0,
+            reverse=False,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            shuffle=False,
+            loop=False,
+        )
+        held_out = sorted((s[1:-1] for s in sentences), key=len)  # similar lengths share a batch
+        rows = par.local_rows
+        start_rows = par.put_lstm(rows_state(start_lstm, par.global_rows))
+        sums[:], counts[:] = 0, 0
+        for i in range(0, len(held_out), rows):
+            chunk = held_out[i : i + rows]
+            length = bucket_time(len(chunk[-1]) + 1)
+            windows = tuple(_pad_rows(w, rows) for w in sentence_windows(chunk, vocab, batcher, length))
+            s, c, _ = jit_eval_step(params, start_rows, par.batch(windows, options), config)
+            sums += np.asarray(s, np.float64)
+            counts += np.asarray(c)
+        result["per_sentence"] = _perplexities(sums, counts)
+    return result
+
+
+def _perplexities(sums: np.ndarray, counts: np.ndarray) -> dict[str, float]:
     ce = sums / counts
-    result = {
+    return {
         "perplexity": math.exp(float(ce.mean())),
         "forward_perplexity": math.exp(float(ce[0])),
         "backward_perplexity": math.exp(float(ce[1])),
-        "n_tokens": int(counts[0]),
-        "step": step,
     }
-    return result
+
+
+def _pad_rows(window: Window, rows: int) -> Window:
+    """``window`` with empty rows (mask False) appended up to ``rows`` rows."""
+
+    def pad(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.pad(a, [(0, rows - len(a))] + [(0, 0)] * (a.ndim - 1))
+
+    return Window(pad(window.token_ids), pad(window.char_ids), pad(window.targets), pad(window.mask))

@@ -333,6 +333,16 @@ class BiLM(nn.Module):
         out = jnp.stack(layers, axis=1) * mask[:, None, :, None]
         return out, new_state
 
+    def warm_state(self, table: Array, index: Array) -> LSTMState:
+        """The state after reading a warm-up row from zeros (see :mod:`elmojax.start`).
+
+        ``table [U, ...]`` distinct token inputs, ``index [1, T]`` into them (0 = padding) ->
+        ``c [2, L, 1, H]``, ``h [2, L, 1, P]``.
+        """
+        x = jnp.take(self.embed_tokens(table), index, axis=0)
+        _, state = self(x, index > 0, zero_state(self.options, 1))
+        return state
+
 
 def remove_sentence_boundaries(layers: Array, mask: Array) -> tuple[Array, Array]:
     """Drop BOS/EOS: ``[B, L + 1, T, D]``, ``mask [B, T]`` -> ``[B, L + 1, T - 2, D]``, ``[B, T - 2]``.

@@ -183,3 +183,18 @@ def test_sharded_embedder_equals_single_device():
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "ok 4"
+
+
+def test_stateless_start_is_the_state_after_the_warmup_text(tiny_options, tiny_params, tiny_embedder):
+    """A stateless sentence starts where a stateful embedder stands after reading the warm-up text."""
+    from elmojax.start import WARMUP
+
+    target = ["the", "quick", "brown", "fox"]
+    stateful = Embedder(tiny_options, tiny_params, stateful=True)
+    for sentence in WARMUP:
+        stateful.embed_batch([list(sentence)])
+    np.testing.assert_allclose(
+        stateful.embed_batch([target])[0], tiny_embedder.embed_batch([target])[0], atol=1e-6
+    )
+    zero = Embedder(tiny_options, tiny_params, start_state="zero").embed_batch([target])[0]
+    assert np.abs(zero[1:] - tiny_embedder.embed_batch([target])[0][1:]).max() > 1e-4  # the start matters
