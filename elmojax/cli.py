@@ -257,21 +257,34 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_run_evaluate)
 
 
+#: forward and backward perplexities of a sound model agree closely (within 2-3% on the quickstart);
+#: beyond this ratio ``evaluate`` warns
+DIRECTION_MARGIN = 1.25
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
     from elmojax.evaluate import evaluate
 
-    print(
-        json.dumps(
-            evaluate(
-                args.save_dir,
-                args.test_prefix,
-                vocab_file=args.vocab_file,
-                batch_size=args.batch_size,
-                per_sentence=args.per_sentence,
-                start=args.start_state,
-            )
-        )
+    result = evaluate(
+        args.save_dir,
+        args.test_prefix,
+        vocab_file=args.vocab_file,
+        batch_size=args.batch_size,
+        per_sentence=args.per_sentence,
+        start=args.start_state,
     )
+    print(json.dumps(result))
+    for name, r in (("", result), ("per-sentence ", result.get("per_sentence"))):
+        if r is None:
+            continue
+        fwd, bwd = r["forward_perplexity"], r["backward_perplexity"]
+        if max(fwd, bwd) > DIRECTION_MARGIN * min(fwd, bwd):
+            print(
+                f"elmojax evaluate: warning: {name}forward perplexity {fwd:.1f} and backward {bwd:.1f} "
+                f"differ by more than {DIRECTION_MARGIN - 1:.0%}; a sound model scores held-out text about "
+                "equally both ways: train longer, or compare --start-state warm/zero and --per-sentence",
+                file=sys.stderr,
+            )
 
 
 def _add_export(sub) -> None:

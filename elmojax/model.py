@@ -291,6 +291,8 @@ class BiLM(nn.Module):
         o = self.options.lstm
         lstm_kernel = get_kernels(self.numerics.kernels).lstm
         train = not deterministic and self.options.training.dropout > 0
+        # TensorFlow's LSTMCell clips the projection only when there is one
+        proj_clip = o.proj_clip if o.projection_dim < o.dim else None
         # time-major inside: the layers' big [T, B, 4H] arrays then never need a transpose
         xs = [jnp.swapaxes(x, 0, 1) for x in xs]
         masks = tuple(jnp.swapaxes(m, 0, 1)[..., None] for m in masks)
@@ -306,7 +308,7 @@ class BiLM(nn.Module):
                 tuple(state.h[d, layer] for d in range(N_DIRECTIONS)),
                 tuple(w[layer] for w in weights),
                 o.cell_clip,
-                o.proj_clip,
+                proj_clip,
                 self.numerics.precision,
             )
             if o.use_skip_connections and layer > 0:

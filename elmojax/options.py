@@ -121,9 +121,9 @@ class ElmoOptions:
             "n_layers": self.lstm.n_layers,
             "use_skip_connections": self.lstm.use_skip_connections,
         }
-        if self.lstm.cell_clip is not None:
+        if self.lstm.cell_clip is not None or for_export:  # AllenNLP reads both keys (null: no clip)
             lstm["cell_clip"] = self.lstm.cell_clip
-        if self.lstm.proj_clip is not None:
+        if self.lstm.proj_clip is not None or for_export:
             lstm["proj_clip"] = self.lstm.proj_clip
         out: dict[str, Any] = {"lstm": lstm}
         if self.char_cnn is not None:

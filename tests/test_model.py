@@ -10,7 +10,7 @@ import pytest
 from elmojax.kernels import KERNELS
 from elmojax.kernels.conv import conv1d, conv_max_pool
 from elmojax.kernels.lstm import lstm_layers, lstm_reference
-from elmojax.model import BiLM, reverse_within_length, zero_state
+from elmojax.model import BiLM, init_params, reverse_within_length, zero_state
 from elmojax.options import Numerics
 from elmojax.vocab import Batcher
 
@@ -200,3 +200,22 @@ def test_conv_max_pool_hand_written_gradient(width):
     tied = jnp.ones((1, 4, 1), jnp.float32)
     dx = jax.grad(lambda x: jnp.sum(conv_max_pool(x, jnp.ones((1, 1, 1)))))(tied)
     np.testing.assert_array_equal(dx[0, :, 0], [1.0, 0.0, 0.0, 0.0])
+
+
+def test_no_projection_means_no_projection_clip(tiny_options):
+    """P == H: TensorFlow's LSTMCell has no projection, so proj_clip does not apply (cell_clip does)."""
+    lstm = dataclasses.replace(tiny_options.lstm, dim=6, projection_dim=6, cell_clip=50.0, proj_clip=1e-3)
+    options = tiny_options.replace(lstm=lstm)
+    params = init_params(options, jax.random.PRNGKey(0))
+    ids = Batcher().batch_sentences([["a", "b", "c"]])
+    model = BiLM(options)
+    x = model.apply(params, ids, method=BiLM.embed_tokens)
+    out, _ = model.apply(params, x, (ids > 0).any(-1), zero_state(options, 1))
+    assert np.abs(np.asarray(out[:, 1])).max() > 1e-2  # h = o * tanh(c), far beyond the clip
+
+
+def test_export_options_name_both_clips(tiny_options):
+    """AllenNLP reads lstm.cell_clip and lstm.proj_clip unconditionally: exports always carry them."""
+    lstm = dataclasses.replace(tiny_options.lstm, cell_clip=None, proj_clip=None)
+    exported = tiny_options.replace(lstm=lstm).to_dict(for_export=True)["lstm"]
+    assert exported["cell_clip"] is None and exported["proj_clip"] is None
