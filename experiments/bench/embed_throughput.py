@@ -2,7 +2,7 @@
 
 Both embed the same synthetic sentences (5-29 tokens of random lowercase words) with the same
 random weights in the published ``small`` layout (lstm 1024/128, 2048 filters, 1 highway).
-AllenNLP is an optional baseline installed separately (see ../shared/baselines/setup_allennlp.sh);
+AllenNLP is an optional baseline installed separately (AllenNLP 2.10 in its own virtualenv);
 point ``--allennlp-python`` (or $ALLENNLP_PYTHON) at its interpreter, or it is skipped.
 
     python experiments/bench/embed_throughput.py [--config small] [--batch 64] [--sentences 512]

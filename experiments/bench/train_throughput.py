@@ -5,7 +5,8 @@ tokens) with the same options: the published ``small`` model (batch 32 per devic
 8192 negatives) and a tiny one. Tokens/s are counted as bilm-tf counts ``n_train_tokens``
 (batch x unroll per step, both directions once), steady state after compilation/graph building.
 bilm-tf is optional: pass ``--bilmtf-dir`` (its patched checkout) and ``--tf-python`` (the
-TensorFlow venv's interpreter) as made by ../shared/baselines/setup_bilmtf.sh, or it is skipped.
+TensorFlow venv's interpreter; bilm-tf runs on TensorFlow 2 through ``tensorflow.compat.v1``), or it
+is skipped.
 
     python experiments/bench/train_throughput.py [--steps 20] [--bilmtf-dir D --tf-python P]
 
