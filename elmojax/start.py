@@ -6,10 +6,11 @@ all-zero state is seen once, at the first step. Started from zeros, a trained mo
 what it learnt, and some models (chaotic in this respect) lose the thread for a whole sentence.
 
 ``warm`` starts every sentence from the state the model reaches after reading :data:`WARMUP`, a
-fixed text, as one stream with states carried (forward reads it in order, backward reversed, as in
-training): deterministic, computed once per model, and the kind of state sentences start from in
-training. It works for any model, published files included. ``zero`` is bilm-tf's and AllenNLP's
-start (and elmojax's before), kept for comparison.
+fixed English text, as one stream with states carried (forward reads it in order, backward
+reversed, as in training): deterministic, computed once per model, and the kind of state sentences
+start from in training. It works for any model, published files included; a model of another
+language still gets a state reached by reading real sentences, which is what matters most.
+``zero`` is bilm-tf's and AllenNLP's start (and elmojax's before), kept for comparison.
 """
 
 from __future__ import annotations
@@ -28,21 +29,34 @@ from elmojax.vocab import BOS, EOS, SPECIALS, Batcher, TokenBatcher, Vocabulary
 
 START_STATES = ("warm", "zero")
 
-#: The warm-up text: sentence markers only, so the same for any language or vocabulary. The state
-#: after a run of ``</S> <S>`` boundaries is where the model expects a new sentence to begin.
-WARMUP: tuple[tuple[str, ...], ...] = ((),) * 8
+#: The warm-up text: five plain, tokenized English sentences. Read as a stream, they leave the
+#: LSTMs in the kind of state a sentence starts from in training (after an ordinary sentence's
+#: ``</S>``). A text of sentence markers only (``<S> </S>`` repeated) is no substitute: empty
+#: sentences never occur in training, and on some models that text itself leads the forward LSTM
+#: into the saturated regime a zero state can (see the README, "Where sentences start").
+WARMUP: tuple[tuple[str, ...], ...] = tuple(
+    tuple(sentence.split())
+    for sentence in (
+        "The committee met on Tuesday to review the annual report .",
+        "It was a cold morning , and the streets were quiet .",
+        "She said that the results would be published next month .",
+        "Many people have asked how the new system will work .",
+        "We will discuss these questions in the next section .",
+    )
+)
 
 
 def warmup_arrays(
     options: ElmoOptions,
     batcher: Batcher | TokenBatcher | None = None,
-    warmup: Sequence[Sequence[str]] = WARMUP,
+    warmup: Sequence[Sequence[str]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The warm-up text as one row of model inputs: ``(table [U, ...], index [1, T])``.
 
     The row reads ``<S> s1 </S> <S> s2 ... </S>``; its reverse, which the backward LSTM reads, is
-    the backward stream of the same text. Without a ``batcher``, word-level models take ``<S>``
-    and ``</S>`` to be the first two vocabulary lines, as in every training vocabulary.
+    the backward stream of the same text. Without a ``batcher``, word-level models use a
+    vocabulary of the three specials only (the warm-up's words become ``<UNK>``), taking ``<S>``,
+    ``</S>`` and ``<UNK>`` to be the first three vocabulary lines, as in every training vocabulary.
     """
     if batcher is None:
         if options.char_cnn is None:
@@ -50,7 +64,7 @@ def warmup_arrays(
         else:
             batcher = Batcher(options.char_cnn.max_characters_per_token)
     tokens: list[str] = []
-    for k, sent in enumerate(warmup):
+    for k, sent in enumerate(WARMUP if warmup is None else warmup):
         tokens += ([EOS, BOS] if k else []) + list(sent)
     width = options.char_cnn.max_width if options.char_cnn is not None else None
     table, index = sentence_arrays([tokens], batcher, width, 1)

@@ -186,15 +186,18 @@ def test_sharded_embedder_equals_single_device():
 
 
 def test_stateless_start_is_the_state_after_the_warmup_text(tiny_options, tiny_params, tiny_embedder):
-    """A stateless sentence starts where a stateful embedder stands after reading the warm-up text."""
+    """A stateless sentence starts where a stateful embedder stands after reading the warm-up text:
+    in order for the forward LSTM, in reverse order for the backward one (it reads the text reversed)."""
     from elmojax.start import WARMUP
 
     target = ["the", "quick", "brown", "fox"]
-    stateful = Embedder(tiny_options, tiny_params, stateful=True)
-    for sentence in WARMUP:
-        stateful.embed_batch([list(sentence)])
-    np.testing.assert_allclose(
-        stateful.embed_batch([target])[0], tiny_embedder.embed_batch([target])[0], atol=1e-6
-    )
+    stateless = tiny_embedder.embed_batch([target])[0]  # [L + 1, T, 2P]: forward half, backward half
+    p = tiny_options.projection_dim
+    for order, half in ((WARMUP, slice(0, p)), (WARMUP[::-1], slice(p, 2 * p))):
+        stateful = Embedder(tiny_options, tiny_params, stateful=True)
+        for sentence in order:
+            stateful.embed_batch([list(sentence)])
+        carried = stateful.embed_batch([target])[0]
+        np.testing.assert_allclose(carried[1:, :, half], stateless[1:, :, half], atol=1e-6)
     zero = Embedder(tiny_options, tiny_params, start_state="zero").embed_batch([target])[0]
-    assert np.abs(zero[1:] - tiny_embedder.embed_batch([target])[0][1:]).max() > 1e-4  # the start matters
+    assert np.abs(zero[1:] - stateless[1:]).max() > 1e-4  # the start matters

@@ -65,3 +65,28 @@ def test_quickstart_script_on_a_corpus_slice(tmp_path):
     png = out / "training_curve.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert mpl_image.imread(png).shape[:2] == (400, 700)
+
+
+@pytest.mark.slow
+def test_readme_quickstart_end_to_end(tmp_path):
+    """The README's first command as a user runs it (bundled corpus, 2,000 steps; about 7 minutes on
+    2 cores): the perplexities it promises, both directions agreeing, per-sentence scores close to
+    the stream, and the "dress" neighbours."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "qs"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "experiments" / "quickstart.sh"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ppl = json.loads((out / "perplexity.json").read_text())
+    assert ppl["n_tokens"] == 8599
+    assert 120 < ppl["perplexity"] < 160, ppl
+    fwd, bwd = ppl["forward_perplexity"], ppl["backward_perplexity"]
+    assert max(fwd, bwd) < 1.25 * min(fwd, bwd), ppl  # what `evaluate` warns about
+    assert "warning" not in proc.stderr
+    assert ppl["per_sentence"]["perplexity"] == pytest.approx(ppl["perplexity"], rel=0.05)
+    assert json.loads((out / "similarity.json").read_text())["nearest_neighbour_ok"]
