@@ -362,3 +362,23 @@ def test_kill_9_during_embed_leaves_no_partial_output(tiny_options, tiny_params,
     outcome, _ = run_until(cmd, tmp_path, writing)
     assert outcome == "killed", "embed finished before the kill"
     assert not out.exists()
+
+
+def test_checkpoint_of_other_shapes_is_an_error_naming_the_array(setup, tmp_path):
+    """A checkpoint written with other shapes (here: twice the rows, as with twice the devices) is
+    refused with the array and both shapes, not taken for a damaged one and skipped."""
+    from elmojax.rundir import restore_latest
+    from elmojax.train import StepConfig, init_state
+
+    root, train_glob, vocab, options = setup
+    run = tmp_path / "run"
+    train(options, TrainConfig(save_dir=str(run), train_prefix=train_glob, vocab_file=vocab, max_steps=2,
+                               progress=False))  # fmt: skip
+    saved = json.loads((run / "options.json").read_text())
+    config = StepConfig(options_from_dict(saved), len((run / "vocab.txt").read_text().split()))
+    rows = 2 * options.training.batch_size
+    abstract = jax.eval_shape(lambda: init_state(config, rows, jax.random.PRNGKey(0)))
+    expected = r"checkpoint 2 does not fit this run \(lstm/c has shape \(2, 2, 4, 12\), this run needs"
+    with pytest.raises(ElmoError, match=expected):
+        restore_latest(checkpoint_manager(run), abstract, run)
+    assert checkpoint_manager(run).latest_step() == 2  # nothing moved aside
