@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from elmojax.errors import ElmoError
 from elmojax.outputs import OUTPUT_FORMATS
-from elmojax.runtime import retain_freed_memory
+from elmojax.runtime import enable_compilation_cache, retain_freed_memory
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs) -> None:
@@ -64,6 +64,12 @@ def _add_embed(sub) -> None:
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
+    )
     p.set_defaults(func=_run_embed)
 
 
@@ -196,6 +202,12 @@ def _add_train(sub) -> None:
     _flag(p, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
     _flag(p, "--process-id", type=int, default=None, help="with --distributed: this process's index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
+    )
     p.set_defaults(func=_run_train)
 
 
@@ -253,6 +265,12 @@ def _add_evaluate(sub) -> None:
         choices=["warm", "zero"],
         default="warm",
         help="where rows and sentences start: the model's warm state (default) or zeros (bilm-tf's start)",
+    )
+    p.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
     )
     p.set_defaults(func=_run_evaluate)
 
@@ -326,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("train", "evaluate", "embed"):
         retain_freed_memory()  # before JAX's first computation starts its threads
+        if not args.no_compilation_cache:
+            enable_compilation_cache()
     try:
         args.func(args)
     except ElmoError as e:

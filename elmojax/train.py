@@ -472,6 +472,8 @@ def train(
     last: dict = {}
     tokens_per_step = par.global_rows * t.unroll_steps  # counted as bilm-tf counts n_train_tokens
     tokens_done, t_last, tokens_since = start * tokens_per_step, time.time(), 0
+    compiled: set[tuple[int, ...]] = set()
+    compile_s = 0.0  # first step of each table shape, compilation included
     with _Preemption() as preempt, open(metrics_path, "a", encoding="utf-8") as mlog:
         step = start
         while step < total_steps:
@@ -479,7 +481,13 @@ def train(
             if step_config.sample_softmax:
                 negatives = sample_negatives(config.seed, step, len(vocab), t.n_negative_samples_batch)
             batch = par.batch(next(stream), options, negatives)
-            state, metrics = jit_train_step(state, batch, step_config)
+            if batch["table"].shape in compiled:
+                state, metrics = jit_train_step(state, batch, step_config)
+            else:  # a new table shape: compiled now (or read from the persistent cache)
+                t_compile = time.time()
+                state, metrics = jax.block_until_ready(jit_train_step(state, batch, step_config))
+                compile_s += time.time() - t_compile
+                compiled.add(batch["table"].shape)
             step += 1
             tokens_since += tokens_per_step
             if step % config.log_every == 0 or step == total_steps or step == start + 1:
@@ -495,6 +503,7 @@ def train(
                     "tokens_per_s": tokens_since / max(now - t_last, 1e-9),
                     "grad_norm": float(m["grad_norm"]),
                     "learning_rate": t.learning_rate,
+                    "compile_s": round(compile_s, 3),
                 }
                 t_last, tokens_since = now, 0
                 if jax.process_index() == 0:
