@@ -50,6 +50,18 @@ def bucket_count(n: int) -> int:
     return pow2(n, 16) if n <= 256 else round_up(n, 256)
 
 
+def fixed_table_size(platform: str, rows_per_device: int, unroll_steps: int) -> int | None:
+    """The one training table size on accelerators, or None on the CPU (which keeps its buckets).
+
+    A GPU or TPU compiles for minutes over a run's handful of bucketed shapes, and pays little for
+    padding; one size that always fits (every position of both directions' windows distinct, plus
+    the padding row) compiles the step once per run.
+    """
+    if platform == "cpu":
+        return None
+    return round_up(2 * rows_per_device * unroll_steps + 1, 64)
+
+
 def distinct_tokens(inputs: np.ndarray, char: bool) -> tuple[np.ndarray, np.ndarray]:
     """The distinct token inputs of a batch and the index into them.
 
@@ -73,14 +85,19 @@ def pad_table(table: np.ndarray, size: int) -> np.ndarray:
 
 
 def train_arrays(
-    windows: Sequence[Window], n_local_devices: int, rows_per_device: int, max_filter_width: int | None
+    windows: Sequence[Window],
+    n_local_devices: int,
+    rows_per_device: int,
+    max_filter_width: int | None,
+    fixed_size: int | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int, int]:
     """Per local device, the distinct-token table and index of its rows of both directions' windows.
 
     Returns ``([(table, index [dirs, rows, T])] per device, bucket, keep)``: ``bucket`` is the
     padded table size this process needs, ``keep`` the character columns it needs (0 for word
     models). Multi-host callers agree on the maxima first, since every process must compile the
-    same shapes; then :func:`assemble_train_batch` builds the arrays.
+    same shapes; then :func:`assemble_train_batch` builds the arrays. With ``fixed_size`` (see
+    :func:`fixed_table_size`) every step has that table size and all character columns.
     """
     char = max_filter_width is not None
     per_device = []
@@ -91,6 +108,8 @@ def train_arrays(
         else:
             inputs = np.stack([w.token_ids[rows] + 1 for w in windows])  # shifted ids
         per_device.append(distinct_tokens(inputs, char))
+    if fixed_size is not None:
+        return per_device, fixed_size, windows[0].char_ids.shape[-1] if char else 0
     keep = max(trim_char_ids(t, max_filter_width).shape[-1] for t, _ in per_device) if char else 0
     bucket = max(bucket_table(len(t)) for t, _ in per_device)
     return per_device, bucket, keep

@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from elmojax.batching import assemble_train_batch, sample_negatives, train_arrays
+from elmojax.batching import assemble_train_batch, fixed_table_size, sample_negatives, train_arrays
 from elmojax.data import BidirectionalStream, Window, count_tokens, resolve_files
 from elmojax.errors import ElmoError
 from elmojax.fileio import check_writable_dir
@@ -286,6 +286,7 @@ class DataParallel:
         self.n_local = sum(d.process_index == jax.process_index() for d in devices)
         self.first_local = [d.process_index for d in devices].index(jax.process_index())
         self.rows_per_device = rows_per_device
+        self.platform = devices[0].platform
         self.global_rows = rows_per_device * self.n_devices
         self.local_rows = rows_per_device * self.n_local
 
@@ -315,7 +316,8 @@ class DataParallel:
         softmax's ids and tries) are replicated.
         """
         width = options.char_cnn.max_width if options.char_cnn is not None else None
-        per_device, bucket, keep = train_arrays(windows, self.n_local, self.rows_per_device, width)
+        fixed = fixed_table_size(self.platform, self.rows_per_device, windows[0].mask.shape[1])
+        per_device, bucket, keep = train_arrays(windows, self.n_local, self.rows_per_device, width, fixed)
         if jax.process_count() > 1:  # every process must compile the same shapes
             agreed = multihost_utils.process_allgather(np.array([bucket, keep])).max(0)
             bucket, keep = (int(v) for v in agreed)

@@ -1,7 +1,11 @@
 import numpy as np
 
-from elmojax.batching import bucket_table, distinct_tokens, sentence_arrays
+from elmojax.batching import bucket_table, distinct_tokens, fixed_table_size, sentence_arrays
+from elmojax.data import BidirectionalStream
+from elmojax.options import options_from_dict
+from elmojax.train import DataParallel
 from elmojax.vocab import Batcher, TokenBatcher, Vocabulary
+from tests.helpers import TRAIN_KEYS, tiny_options_dict, write_corpus
 
 
 def test_unique_batch_matches_dense_batch():
@@ -33,3 +37,19 @@ def test_training_table_buckets():
     assert [bucket_table(n) for n in (1, 64, 65, 512, 513, 600, 1024, 1025)] == [
         64, 64, 128, 512, 576, 640, 1024, 1152,
     ]  # fmt: skip
+
+
+def test_one_table_shape_per_run_on_accelerators(tmp_path):
+    """On GPU/TPU every training step gets the same table shape (one compile per run); the CPU
+    keeps its buckets. The platform is mocked: the decision is DataParallel's, from its devices."""
+    assert fixed_table_size("cpu", 4, 6) is None
+    assert fixed_table_size("gpu", 4, 6) == fixed_table_size("tpu", 4, 6) == 64  # 2 * 4 * 6 + 1 -> 64
+    train_glob, vocab_file = write_corpus(tmp_path / "train")
+    options = options_from_dict(tiny_options_dict(**TRAIN_KEYS))
+    vocab = Vocabulary.from_file(vocab_file)
+    for platform, expect_fixed in (("cpu", False), ("gpu", True)):
+        par = DataParallel(4)
+        par.platform = platform
+        stream = BidirectionalStream(train_glob, vocab, 4, 6, Batcher(50, vocab), seed=0)
+        shapes = {par.batch(next(stream), options)["table"].shape for _ in range(6)}
+        assert (shapes == {(64, 50)}) == expect_fixed, (platform, shapes)
