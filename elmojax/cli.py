@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from elmojax.errors import ElmoError
+from elmojax.options import START_STATES
 from elmojax.outputs import OUTPUT_FORMATS
 from elmojax.runtime import enable_compilation_cache, retain_freed_memory
 
@@ -25,6 +26,25 @@ def _flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs) -
     if name.startswith("--") and underscored[2:] != name[2:]:
         names.append("--" + underscored[2:])
     parser.add_argument(*names, **kwargs)
+
+
+def _add_start_state_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    _flag(
+        parser,
+        "--start-state",
+        choices=START_STATES,
+        default=START_STATES[0],
+        help=f"{what}: the model's warm state (default) or zeros (bilm-tf's and AllenNLP's start)",
+    )
+
+
+def _add_compilation_cache_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
+    )
 
 
 def _add_embed(sub) -> None:
@@ -50,13 +70,7 @@ def _add_embed(sub) -> None:
         help="carry LSTM states from batch to batch row by row, from zeros, as bilm-tf and AllenNLP do "
         "(default: stateless, each sentence embedded independently from the start state)",
     )
-    _flag(
-        p,
-        "--start-state",
-        choices=["warm", "zero"],
-        default="warm",
-        help="stateless start of every sentence: the model's warm state (default) or zeros",
-    )
+    _add_start_state_flag(p, "stateless start of every sentence")
     p.add_argument(
         "--errors",
         choices=["strict", "replace"],
@@ -64,12 +78,7 @@ def _add_embed(sub) -> None:
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--no-compilation-cache",
-        action="store_true",
-        help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
-        "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
-    )
+    _add_compilation_cache_flag(p)
     p.set_defaults(func=_run_embed)
 
 
@@ -202,12 +211,7 @@ def _add_train(sub) -> None:
     _flag(p, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
     _flag(p, "--process-id", type=int, default=None, help="with --distributed: this process's index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--no-compilation-cache",
-        action="store_true",
-        help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
-        "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
-    )
+    _add_compilation_cache_flag(p)
     p.set_defaults(func=_run_train)
 
 
@@ -259,19 +263,8 @@ def _add_evaluate(sub) -> None:
         action="store_true",
         help="also score every sentence on its own from the start state, as stateless embedding sees it",
     )
-    _flag(
-        p,
-        "--start-state",
-        choices=["warm", "zero"],
-        default="warm",
-        help="where rows and sentences start: the model's warm state (default) or zeros (bilm-tf's start)",
-    )
-    p.add_argument(
-        "--no-compilation-cache",
-        action="store_true",
-        help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
-        "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
-    )
+    _add_start_state_flag(p, "where rows and sentences start")
+    _add_compilation_cache_flag(p)
     p.set_defaults(func=_run_evaluate)
 
 

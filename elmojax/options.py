@@ -23,6 +23,8 @@ N_CHARACTERS_TRAIN = 261  # bilm-tf's table while training, without the padding 
 N_CHARACTERS = 262  # the exported value: +1 row for id 0 = "no token here"
 #: ELMo's layers are ``[forward; backward]``: every model has exactly these two LSTM directions
 N_DIRECTIONS = 2
+#: where a sentence's LSTM states start without a carried state (see elmojax.start); the first is the default
+START_STATES = ("warm", "zero")
 
 
 @dataclass(frozen=True)

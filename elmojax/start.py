@@ -24,10 +24,8 @@ import numpy as np
 from elmojax.batching import sentence_arrays
 from elmojax.errors import ElmoError
 from elmojax.model import BiLM, LSTMState, zero_state
-from elmojax.options import ElmoOptions
+from elmojax.options import START_STATES, ElmoOptions
 from elmojax.vocab import BOS, EOS, SPECIALS, Batcher, TokenBatcher, Vocabulary
-
-START_STATES = ("warm", "zero")
 
 #: The warm-up text: five plain, tokenized English sentences. Read as a stream, they leave the
 #: LSTMs in the kind of state a sentence starts from in training (after an ordinary sentence's
