@@ -280,17 +280,18 @@ class BidirectionalStream:
 
 
 def sentence_windows(
-    sentences: Sequence[Sequence[str]], vocab: Vocabulary, batcher: Batcher | None, length: int
+    sentences: Sequence[Sequence[str]], vocab: Vocabulary, batcher: Batcher | None, length: int, rows: int
 ) -> tuple[Window, Window]:
     """Forward and backward windows that hold one whole sentence a row, for per-sentence scoring.
 
     Row ``k`` of the forward window reads ``<S> t1 .. tn`` and predicts ``t1 .. tn </S>``; of the
     backward one reads ``</S> tn .. t1`` and predicts ``tn .. t1 <S>``. Rows are padded (mask
-    False) to ``length`` positions, which must be at least the longest sentence plus one.
+    False) to ``length`` positions, which must be at least the longest sentence plus one, and
+    empty rows are added up to ``rows``.
     """
     out = []
     for direction in range(N_DIRECTIONS):
-        b = len(sentences)
+        b = rows
         token_ids = np.zeros((b, length), np.int32)
         targets = np.zeros((b, length), np.int32)
         mask = np.zeros((b, length), bool)

@@ -62,7 +62,8 @@ class Elmo(nn.Module):
     ``elmo_representations`` (a list of ``num_output_representations`` arrays ``[B, T, 2P]``),
     ``mask [B, T]`` and ``regularization`` (sum of the mixes' L2 penalties). Load pretrained biLM
     weights with :func:`with_pretrained_bilm`. ``start_state`` is ``warm`` (default) or ``zero``;
-    word-level models' warm-up assumes ``<S>``, ``</S>`` are their vocabulary's first two lines.
+    word-level models' warm-up assumes ``<S>``, ``</S>``, ``<UNK>`` are their vocabulary's first
+    three lines (see :func:`elmojax.start.warmup_arrays`).
     """
 
     options: ElmoOptions

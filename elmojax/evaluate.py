@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from elmojax.batching import bucket_time
-from elmojax.data import BidirectionalStream, SentenceStream, Window, sentence_windows
+from elmojax.data import BidirectionalStream, SentenceStream, sentence_windows
 from elmojax.errors import ElmoError
 from elmojax.options import N_DIRECTIONS
 from elmojax.rundir import load_run, restore_params
@@ -79,7 +79,8 @@ def evaluate(
         loop=False,
         shuffle=False,
     )
-    lstm = par.put_lstm(rows_state(start_lstm, par.global_rows))
+    start_rows = par.put_lstm(rows_state(start_lstm, par.global_rows))
+    lstm = start_rows
     sums = np.zeros(N_DIRECTIONS, np.float64)
     counts = np.zeros(N_DIRECTIONS, np.int64)
     for windows in stream:
@@ -102,12 +103,11 @@ def evaluate(
         )
         held_out = sorted((s[1:-1] for s in sentences), key=len)  # similar lengths share a batch
         rows = par.local_rows
-        start_rows = par.put_lstm(rows_state(start_lstm, par.global_rows))
         sums[:], counts[:] = 0, 0
         for i in range(0, len(held_out), rows):
             chunk = held_out[i : i + rows]
             length = bucket_time(len(chunk[-1]) + 1)
-            windows = tuple(_pad_rows(w, rows) for w in sentence_windows(chunk, vocab, batcher, length))
+            windows = sentence_windows(chunk, vocab, batcher, length, rows)
             s, c, _ = jit_eval_step(params, start_rows, par.batch(windows, options), config)
             sums += np.asarray(s, np.float64)
             counts += np.asarray(c)
@@ -122,12 +122,3 @@ def _perplexities(sums: np.ndarray, counts: np.ndarray) -> dict[str, float]:
         "forward_perplexity": math.exp(float(ce[0])),
         "backward_perplexity": math.exp(float(ce[1])),
     }
-
-
-def _pad_rows(window: Window, rows: int) -> Window:
-    """``window`` with empty rows (mask False) appended up to ``rows`` rows."""
-
-    def pad(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.pad(a, [(0, rows - len(a))] + [(0, 0)] * (a.ndim - 1))
-
-    return Window(pad(window.token_ids), pad(window.char_ids), pad(window.targets), pad(window.mask))

@@ -301,7 +301,7 @@ class DataParallel:
         return jax.device_put(state, state_shardings(self.mesh))
 
     def put_lstm(self, lstm: LSTMState) -> LSTMState:
-        return jax.device_put(lstm, NamedSharding(self.mesh, P(None, None, "data")))
+        return jax.device_put(lstm, state_shardings(self.mesh).lstm)
 
     def batch(
         self,
