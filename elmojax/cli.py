@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from elmojax.errors import ElmoError
-from elmojax.options import START_STATES
+from elmojax.options import COMPUTE_DTYPES, START_STATES, Numerics
 from elmojax.outputs import OUTPUT_FORMATS
 from elmojax.runtime import enable_compilation_cache, retain_freed_memory
 
@@ -44,6 +44,17 @@ def _add_compilation_cache_flag(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
         "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
+    )
+
+
+def _add_compute_dtype_flag(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "--compute-dtype",
+        choices=COMPUTE_DTYPES,
+        default="float32",
+        help="dtype of matmuls and convolutions (bfloat16: mixed precision for GPUs/TPUs; parameters, "
+        "LSTM cell states and the loss stay float32; default float32)",
     )
 
 
@@ -78,6 +89,7 @@ def _add_embed(sub) -> None:
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_compute_dtype_flag(p)
     _add_compilation_cache_flag(p)
     p.set_defaults(func=_run_embed)
 
@@ -94,6 +106,7 @@ def _run_embed(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         stateful=args.stateful,
         start_state=args.start_state,
+        numerics=Numerics(compute_dtype=args.compute_dtype, precision="highest"),
     )
     n = embed_file(
         embedder,
@@ -211,6 +224,7 @@ def _add_train(sub) -> None:
     _flag(p, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
     _flag(p, "--process-id", type=int, default=None, help="with --distributed: this process's index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_compute_dtype_flag(p)
     _add_compilation_cache_flag(p)
     p.set_defaults(func=_run_train)
 
@@ -242,6 +256,7 @@ def _run_train(args: argparse.Namespace) -> None:
         keep_checkpoints=args.keep_checkpoints,
         log_every=args.log_every,
         progress=not args.no_progress,
+        numerics=Numerics(compute_dtype=args.compute_dtype),
     )
     last = train(options, config)
     print(json.dumps(last))
@@ -264,6 +279,7 @@ def _add_evaluate(sub) -> None:
         help="also score every sentence on its own from the start state, as stateless embedding sees it",
     )
     _add_start_state_flag(p, "where rows and sentences start")
+    _add_compute_dtype_flag(p)
     _add_compilation_cache_flag(p)
     p.set_defaults(func=_run_evaluate)
 
@@ -283,6 +299,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         per_sentence=args.per_sentence,
         start=args.start_state,
+        numerics=Numerics(compute_dtype=args.compute_dtype),
     )
     print(json.dumps(result))
     for name, r in (("", result), ("per-sentence ", result.get("per_sentence"))):

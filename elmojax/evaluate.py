@@ -22,7 +22,7 @@ import numpy as np
 from elmojax.batching import bucket_time
 from elmojax.data import BidirectionalStream, SentenceStream, sentence_windows
 from elmojax.errors import ElmoError
-from elmojax.options import N_DIRECTIONS
+from elmojax.options import N_DIRECTIONS, Numerics
 from elmojax.rundir import load_run, restore_params
 from elmojax.start import rows_state, start_state
 from elmojax.train import DataParallel, StepConfig, jit_eval_step
@@ -38,6 +38,7 @@ def evaluate(
     devices: list | None = None,
     per_sentence: bool = False,
     start: str = "warm",
+    numerics: Numerics | None = None,
 ) -> dict:
     """Perplexities of the latest checkpoint in ``save_dir`` on the files matching ``test_prefix``.
 
@@ -45,6 +46,7 @@ def evaluate(
     cross-entropies), ``forward_perplexity``, ``backward_perplexity``, ``n_tokens`` (targets per
     direction), the ``step`` of the checkpoint and the ``start_state``; with ``per_sentence`` also
     ``per_sentence``: the same three perplexities with every sentence scored on its own.
+    ``numerics`` sets the compute dtype (e.g. ``Numerics(compute_dtype="bfloat16")``).
     """
     options, vocab = load_run(save_dir)
     if vocab_file is not None:
@@ -62,7 +64,7 @@ def evaluate(
             raise ElmoError(f"--batch-size must be >= 1, found {batch_size}")
         rows_per_device = -(-batch_size // n_dev)
     par = DataParallel(rows_per_device, devices)
-    config = StepConfig(options, len(vocab))
+    config = StepConfig(options, len(vocab), numerics=numerics or Numerics())
     params, step = restore_params(save_dir)
     batcher = Batcher(options.char_cnn.max_characters_per_token, vocab) if options.char_cnn else None
     start_lstm = start_state(config.model, {"params": params["bilm"]}, start, batcher or TokenBatcher(vocab))

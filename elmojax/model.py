@@ -108,7 +108,7 @@ class CharCNN(nn.Module):
     @nn.compact
     def __call__(self, x: Array, pad: Array) -> Array:
         conv_max_pool = get_kernels(self.numerics.kernels).conv_max_pool
-        precision, dtype = self.numerics.precision, self.numerics.param_dtype
+        dot, dtype = self.numerics.dot, self.numerics.param_dtype
         e = self.options.embedding_dim
         relu = self.options.activation == "relu"
         trimmed = x.shape[1] < self.options.max_characters_per_token
@@ -119,11 +119,11 @@ class CharCNN(nn.Module):
             w = self.param(f"W_cnn_{i}", init, (1, width, e, num), dtype)
             b = self.param(f"b_cnn_{i}", nn.initializers.zeros, (num,), dtype)
             if trimmed:
-                y = conv_max_pool(x[:, : starts + width - 1], w[0], precision)
-                pad_window = jnp.dot(pad, jnp.sum(w[0], axis=0), precision=precision)  # [n]
+                y = conv_max_pool(x[:, : starts + width - 1], w[0], dot)
+                pad_window = dot(pad, jnp.sum(w[0], axis=0))  # [n]
                 y = jnp.where(pad_window > y, pad_window, y)
             else:
-                y = conv_max_pool(x, w[0], precision)
+                y = conv_max_pool(x, w[0], dot)
             # adding the bias after the max is exact: rounding is monotonic, so the same element wins
             y = y + b
             outs.append(jax.nn.relu(y) if relu else jnp.tanh(y))
@@ -137,14 +137,14 @@ class Highway(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        f, dtype, precision = x.shape[-1], self.numerics.param_dtype, self.numerics.precision
+        f, dtype, dot = x.shape[-1], self.numerics.param_dtype, self.numerics.dot
         init = _normal(float(np.sqrt(1.0 / f)))
         w_carry = self.param("W_carry", init, (f, f), dtype)
         b_carry = self.param("b_carry", nn.initializers.constant(-2.0), (f,), dtype)
         w_transform = self.param("W_transform", init, (f, f), dtype)
         b_transform = self.param("b_transform", nn.initializers.zeros, (f,), dtype)
-        gate = jax.nn.sigmoid(jnp.dot(x, w_carry, precision=precision) + b_carry)
-        transform = jax.nn.relu(jnp.dot(x, w_transform, precision=precision) + b_transform)
+        gate = jax.nn.sigmoid(dot(x, w_carry) + b_carry)
+        transform = jax.nn.relu(dot(x, w_transform) + b_transform)
         return gate * transform + (1.0 - gate) * x
 
 
@@ -159,7 +159,7 @@ class Projection(nn.Module):
         f, dtype = x.shape[-1], self.numerics.param_dtype
         w = self.param("W_proj", _normal(float(np.sqrt(1.0 / f))), (f, self.features), dtype)
         b = self.param("b_proj", nn.initializers.zeros, (self.features,), dtype)
-        return jnp.dot(x, w, precision=self.numerics.precision) + b
+        return self.numerics.dot(x, w) + b
 
 
 class CharTokenEmbedder(nn.Module):
@@ -309,7 +309,7 @@ class BiLM(nn.Module):
                 tuple(w[layer] for w in weights),
                 o.cell_clip,
                 proj_clip,
-                self.numerics.precision,
+                self.numerics.dot,
             )
             if o.use_skip_connections and layer > 0:
                 ys = tuple(y + x for y, x in zip(ys, xs, strict=True))

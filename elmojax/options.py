@@ -315,19 +315,22 @@ def load_options(path: str | Path) -> ElmoOptions:
 # --- numerics ---------------------------------------------------------------------------------
 
 _PRECISIONS = (None, "default", "high", "highest")
-_DTYPES = ("float32",)
+#: matmul/convolution operand dtypes; parameters are always float32
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class Numerics:
     """How the model computes: one setting that reaches every module and kernel.
 
-    ``compute_dtype`` is the dtype of matmuls and convolutions, ``param_dtype`` that of the
-    parameters (LSTM cell states, the softmax's log-sum-exp and the loss are always float32),
-    ``precision`` the matmul precision (``None``: the backend's default, TF32 on recent GPUs;
-    ``"highest"``: full float32), ``kernels`` the implementation of the custom ops, a name in
-    :data:`elmojax.kernels.KERNELS`. Not part of ``options.json``: the same model file can be run
-    with any numerics.
+    ``compute_dtype`` is the dtype of matmul and convolution operands (``bfloat16``: mixed
+    precision, products accumulated in float32); ``param_dtype`` that of the parameters, float32
+    (and so the optimiser state, gradients and exported weights). The LSTM cell states and their
+    clipping, everything between matmuls, the softmax's log-sum-exp and the loss are float32 in
+    either case. ``precision`` is the float32 matmul precision (``None``: the backend's default,
+    TF32 on recent GPUs; ``"highest"``: full float32), ``kernels`` the implementation of the custom
+    ops, a name in :data:`elmojax.kernels.KERNELS`. Not part of ``options.json``: the same model
+    file can be run with any numerics.
     """
 
     compute_dtype: str = "float32"
@@ -336,9 +339,22 @@ class Numerics:
     kernels: str = "xla"
 
     def __post_init__(self):
-        for name in ("compute_dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                value, known = getattr(self, name), ", ".join(_DTYPES)
-                raise OptionsError(f"numerics: {name} {value!r} is not supported; use one of {known}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise OptionsError(
+                f"numerics: compute dtype {self.compute_dtype!r} is not supported; "
+                f"use one of {', '.join(COMPUTE_DTYPES)}"
+            )
+        if self.param_dtype != "float32":
+            raise OptionsError(
+                f"numerics: param dtype {self.param_dtype!r} is not supported; parameters are float32 "
+                "(use compute_dtype for bfloat16 matmuls)"
+            )
         if self.precision not in _PRECISIONS:
             raise OptionsError(f"numerics: precision {self.precision!r} is not one of default, high, highest")
+
+    @property
+    def dot(self):
+        """The :class:`~elmojax.kernels.dot.Dot` every matmul and convolution of the model uses."""
+        from elmojax.kernels.dot import Dot  # jax stays out of the options module's imports
+
+        return Dot(self.precision, self.compute_dtype)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from elmojax.kernels.dot import DEFAULT, Dot
+
 Array = jax.Array
 
 #: added to the logits of accidental hits; finite so that gradients stay finite
@@ -69,20 +71,33 @@ def init_softmax(n_vocab: int, dim: int, key: Array, dtype=jnp.float32) -> dict:
 
 
 def sampled_softmax_loss(
-    weights: Array, biases: Array, inputs: Array, labels: Array, sampled_ids: Array, num_tries: Array | int
+    weights: Array,
+    biases: Array,
+    inputs: Array,
+    labels: Array,
+    sampled_ids: Array,
+    num_tries: Array | int,
+    dot: Dot = DEFAULT,
+    *,
+    rows: tuple[Array, Array] | None = None,
+    n_classes: int | None = None,
 ) -> Array:
     """Per-row sampled softmax cross-entropy (TensorFlow's ``sampled_softmax_loss``).
 
     ``weights [V, P]``, ``biases [V]``, ``inputs [N, P]``, ``labels [N]``, ``sampled_ids [S]`` ->
-    ``[N]``. Only the ``S`` sampled rows and the label rows of ``weights`` are touched.
+    ``[N]``. Only the ``S`` sampled rows and the label rows of ``weights`` are touched. A sparse
+    step passes only those rows (``weights [R, P]``, ``biases [R]``), with ``rows = (label_rows [N],
+    sampled_rows [S])`` locating each label and sampled id among them and ``n_classes`` the
+    vocabulary size. The logits' products use ``dot``; the rest is float32.
     """
-    n_classes = weights.shape[0]
+    n_classes = weights.shape[0] if n_classes is None else n_classes
     labels = labels.astype(jnp.int32)
-    true_w = jnp.take(weights, labels, axis=0)  # [N, P]
-    true_logit = jnp.sum(inputs * true_w, axis=-1) + jnp.take(biases, labels)
+    label_rows, sampled_rows = (labels, sampled_ids) if rows is None else rows
+    true_w = jnp.take(weights, label_rows, axis=0)  # [N, P]
+    true_logit = jnp.sum(inputs * true_w, axis=-1) + jnp.take(biases, label_rows)
     true_logit = true_logit - log_expected_count(labels, num_tries, n_classes)
-    sampled_w = jnp.take(weights, sampled_ids, axis=0)  # [S, P]
-    sampled_logits = inputs @ sampled_w.T + jnp.take(biases, sampled_ids)
+    sampled_w = jnp.take(weights, sampled_rows, axis=0)  # [S, P]
+    sampled_logits = dot.nt(inputs, sampled_w) + jnp.take(biases, sampled_rows)
     sampled_logits = sampled_logits - log_expected_count(sampled_ids, num_tries, n_classes)
     hits = labels[:, None] == sampled_ids[None, :]
     sampled_logits = jnp.where(hits, sampled_logits + _ACCIDENTAL_HIT, sampled_logits)
@@ -90,8 +105,10 @@ def sampled_softmax_loss(
     return jax.nn.softplus(jax.nn.logsumexp(sampled_logits, axis=1) - true_logit)
 
 
-def full_softmax_loss(weights: Array, biases: Array, inputs: Array, labels: Array) -> Array:
+def full_softmax_loss(
+    weights: Array, biases: Array, inputs: Array, labels: Array, dot: Dot = DEFAULT
+) -> Array:
     """Per-row cross-entropy over the whole vocabulary: ``[N, P]``, ``[N]`` -> ``[N]``."""
-    logits = inputs @ weights.T + biases
+    logits = dot.nt(inputs, weights) + biases
     true_logit = jnp.take_along_axis(logits, labels.astype(jnp.int32)[:, None], axis=1)[:, 0]
     return jax.nn.logsumexp(logits, axis=1) - true_logit

@@ -67,6 +67,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     max_bad_steps: int = MAX_BAD_STEPS
+    numerics: Numerics = Numerics()  # e.g. Numerics(compute_dtype="bfloat16")
 
 
 @flax.struct.dataclass
@@ -124,13 +125,16 @@ def clip_by_known_global_norm(max_norm: float) -> optax.GradientTransformationEx
 class StepConfig:
     """Everything static about the steps: a hashable jit argument, so equal configs share compilations.
 
-    ``mesh`` (optional) pins the returned state to the data-parallel shardings.
+    ``mesh`` (optional) pins the returned state to the data-parallel shardings. ``sparse`` (the
+    default) updates the softmax and a word-level token embedding only on the rows a step touches;
+    ``False`` is the plain dense update, kept as the reference the sparse one is tested against.
     """
 
     options: ElmoOptions
     n_vocab: int
     numerics: Numerics = Numerics()
     mesh: Mesh | None = None
+    sparse: bool = True
 
     @property
     def model(self) -> BiLM:
@@ -142,6 +146,16 @@ class StepConfig:
         t = self.options.training
         return t.sample_softmax and t.n_negative_samples_batch < self.n_vocab
 
+    @property
+    def sparse_softmax(self) -> bool:
+        """Whether the softmax is updated on the rows a step touches only (see :func:`train_step`)."""
+        return self.sparse and self.sample_softmax
+
+    @property
+    def sparse_embedding(self) -> bool:
+        """Whether a word-level model's token embedding is updated on the step's rows only."""
+        return self.sparse and self.options.char_cnn is None
+
 
 def losses(
     params: dict, lstm: LSTMState, batch: dict, rng: jax.Array, config: StepConfig, train: bool
@@ -150,40 +164,126 @@ def losses(
 
     ``batch``: ``table [U, ...]`` distinct token inputs, ``index [2, B, T]`` into it, ``targets`` and
     ``mask [2, B, T]``; for the sampled softmax also ``sampled [2, S]`` and ``num_tries [2]``.
-    Training uses the sampled softmax (when enabled) and dropout; evaluation the full softmax.
+    Training uses the sampled softmax (when enabled) and dropout; evaluation the full softmax. In a
+    sparse step ``params["softmax"]`` holds only the step's rows, which ``target_rows [2, B, T]`` and
+    ``sampled_rows [2, S]`` index (see :func:`sparse_view`).
     """
     model = config.model
     variables = {"params": params["bilm"]}
-    vectors = model.apply(variables, batch["table"], method=BiLM.embed_tokens)  # [U, P]
+    if config.sparse_embedding and train:
+        # the step's rows of the word embedding; flax would refuse the row view's shape, and the
+        # word embedder is this one lookup
+        vectors = jnp.take(params["bilm"]["token_embedder"]["embedding"], batch["table"], axis=0)
+    else:
+        vectors = model.apply(variables, batch["table"], method=BiLM.embed_tokens)  # [U, P]
     xs = [jnp.take(vectors, batch["index"][d], axis=0) for d in range(N_DIRECTIONS)]  # [B, T, P] each
     masks = [batch["mask"][d] for d in range(N_DIRECTIONS)]
     outputs, new_lstm = model.apply(
         variables, xs, masks, lstm, deterministic=not train, method=BiLM.lstm, rngs={"dropout": rng}
     )
     w, b = params["softmax"]["W"], params["softmax"]["b"]
+    dot = config.numerics.dot
     sums, counts = [], []
     for d in range(N_DIRECTIONS):
         top = outputs[d][-1]
         flat = top.reshape(-1, top.shape[-1])
         labels = batch["targets"][d].reshape(-1)
         if train and config.sample_softmax:
-            per_token = sampled_softmax_loss(w, b, flat, labels, batch["sampled"][d], batch["num_tries"][d])
+            rows = None
+            if "target_rows" in batch:
+                rows = (batch["target_rows"][d].reshape(-1), batch["sampled_rows"][d])
+            per_token = sampled_softmax_loss(
+                w,
+                b,
+                flat,
+                labels,
+                batch["sampled"][d],
+                batch["num_tries"][d],
+                dot,
+                rows=rows,
+                n_classes=config.n_vocab,
+            )
         else:
-            per_token = full_softmax_loss(w, b, flat, labels)
+            per_token = full_softmax_loss(w, b, flat, labels, dot)
         m = masks[d].reshape(-1)
         sums.append(jnp.sum(jnp.where(m, per_token, 0.0)))
         counts.append(jnp.sum(m))
     return jnp.stack(sums), jnp.stack(counts), new_lstm
 
 
+#: parameters that a step touches only a few rows of: the softmax, a word-level token embedding
+SOFTMAX_W, SOFTMAX_B = ("softmax", "W"), ("softmax", "b")
+WORD_EMBEDDING = ("bilm", "token_embedder", "embedding")
+
+
+def _dict_keys(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _map_rows(fn: Callable, tree: Any, rows: dict[tuple, jax.Array], *others: Any) -> Any:
+    """Apply ``fn(leaf, rows, *other_leaves)`` to the leaves of ``tree`` (params, or an optimiser
+    state that mirrors them) whose dict-key path ends with one of ``rows``' keys."""
+
+    def visit(path, leaf, *rest):
+        keys = _dict_keys(path)
+        for name, r in rows.items():
+            if keys[-len(name) :] == name:
+                return fn(leaf, r, *rest)
+        return leaf if not rest else rest[0]
+
+    return jax.tree_util.tree_map_with_path(visit, tree, *others)
+
+
+def sparse_view(params: dict, batch: dict, config: StepConfig) -> tuple[dict, dict, dict]:
+    """The rows of the sparse parameters a step touches, and the batch re-indexed into them.
+
+    ``-> (rows {path: ids [R]}, view params, view batch)``. The softmax's rows are the distinct
+    targets and sampled ids of both directions (``R = 2 B T + 2 S``, padded with the out-of-range
+    id ``V``); a word-level embedding's are the distinct entries of the token table. Each row
+    appears once, so its gradient is the sum over its uses, as TensorFlow sums ``IndexedSlices``
+    before a sparse update.
+    """
+    rows: dict[tuple, jax.Array] = {}
+    batch = dict(batch)
+    if config.sparse_softmax:
+        targets, sampled = batch["targets"], batch["sampled"]
+        ids = jnp.concatenate([targets.reshape(-1), sampled.reshape(-1)])
+        uniq, inverse = jnp.unique(ids, size=ids.size, fill_value=config.n_vocab, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        batch["target_rows"] = inverse[: targets.size].reshape(targets.shape)
+        batch["sampled_rows"] = inverse[targets.size :].reshape(sampled.shape)
+        rows[SOFTMAX_W] = rows[SOFTMAX_B] = uniq
+    if config.sparse_embedding:
+        table = batch["table"]
+        uniq, inverse = jnp.unique(table, size=table.size, fill_value=config.n_vocab + 1, return_inverse=True)
+        batch["table"] = inverse.reshape(table.shape)
+        rows[WORD_EMBEDDING] = uniq
+    view = _map_rows(_gather_rows, params, rows)
+    return rows, view, batch
+
+
+def _gather_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+    return jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
+
+
+def _scatter_rows(x: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
+    # padding ids are out of range: dropped
+    return x.at[rows].set(values.astype(x.dtype), mode="drop")
+
+
 def train_step(state: TrainState, batch: dict, config: StepConfig) -> tuple[TrainState, dict]:
     """One optimisation step: ``(state, batch) -> (state, metrics)``.
 
     A non-finite loss or gradient leaves parameters, optimiser state and LSTM states as they were
-    and counts a bad step.
+    and counts a bad step. With ``config.sparse`` the softmax (and a word-level embedding) is
+    differentiated, clipped and updated on the rows the step touches only, as TensorFlow's sparse
+    Adagrad does: Adagrad is elementwise and a row without gradient is left exactly as it is, so
+    this is the dense update without the ``[V, P]`` gradient and the passes over every row.
     """
     rng = jax.random.fold_in(state.rng, state.step)
     unroll = config.options.training.unroll_steps
+    rows, params, batch = sparse_view(state.params, batch, config)
+    opt_state = _map_rows(_gather_rows, state.opt_state, rows)
 
     def loss_fn(params):
         sums, counts, new_lstm = losses(params, state.lstm, batch, rng, config, train=True)
@@ -193,18 +293,22 @@ def train_step(state: TrainState, batch: dict, config: StepConfig) -> tuple[Trai
         # and the clip this factor changes the dynamics, so we keep it
         return total * unroll, (total, per_dir, counts, new_lstm)
 
-    grads, (total, per_dir, counts, new_lstm) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (total, per_dir, counts, new_lstm) = jax.grad(loss_fn, has_aux=True)(params)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(total) & jnp.isfinite(grad_norm)
     # a non-finite step becomes a zero gradient inside the optimiser's clip, which leaves
     # Adagrad's parameters and accumulators exactly as they were; cheaper than selecting
     # between two whole states
     updates, opt_state = make_optimizer(config.options).update(
-        grads, state.opt_state, state.params, global_norm=grad_norm, finite=ok
+        grads, opt_state, params, global_norm=grad_norm, finite=ok
     )
+    params = optax.apply_updates(params, updates)
+    if rows:  # the updated rows back into the full arrays
+        params = _map_rows(_scatter_rows, state.params, rows, params)
+        opt_state = _map_rows(_scatter_rows, state.opt_state, rows, opt_state)
     new_state = TrainState(
         step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
+        params=params,
         opt_state=opt_state,
         lstm=jax.tree_util.tree_map(
             lambda a, b: jnp.where(ok, jax.lax.stop_gradient(a), b), new_lstm, state.lstm
@@ -410,7 +514,7 @@ def train(
 
     # -- devices and the step
     par = DataParallel(t.batch_size, devices)
-    step_config = StepConfig(options, len(vocab), mesh=par.mesh)
+    step_config = StepConfig(options, len(vocab), numerics=config.numerics, mesh=par.mesh)
     total_steps = config.max_steps or max(
         1, int(t.n_epochs * t.n_train_tokens / (par.global_rows * t.unroll_steps))
     )

@@ -9,13 +9,14 @@ import pytest
 
 from elmojax.kernels import KERNELS
 from elmojax.kernels.conv import conv1d, conv_max_pool
+from elmojax.kernels.dot import Dot
 from elmojax.kernels.lstm import lstm_layers, lstm_reference
 from elmojax.model import BiLM, init_params, reverse_within_length, zero_state
 from elmojax.options import Numerics
 from elmojax.vocab import Batcher
 
 # float32 on GPUs defaults to TF32 matmuls; comparisons against numpy pin full precision
-HIGHEST = "highest"
+HIGHEST = Dot("highest")
 
 
 def sigmoid(x):
@@ -98,7 +99,7 @@ def numpy_char_embedder(p, ids, filters, n_highway):
 
 def test_char_embedder_matches_numpy(tiny_options, tiny_params):
     ids = Batcher().batch_sentences([["hello", "wörld", "!"]])[0]
-    got = BiLM(tiny_options, Numerics(precision=HIGHEST)).apply(tiny_params, ids, method=BiLM.embed_tokens)
+    got = BiLM(tiny_options, Numerics(precision="highest")).apply(tiny_params, ids, method=BiLM.embed_tokens)
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tiny_params["params"]["token_embedder"])
     ref = numpy_char_embedder(p, ids, tiny_options.char_cnn.filters, tiny_options.char_cnn.n_highway)
     np.testing.assert_allclose(got, ref, atol=1e-5)
@@ -140,7 +141,7 @@ def test_kernel_choice_is_one_setting(tiny_options, tiny_params):
     mask = (ids > 0).any(-1)
     outs = []
     for name in KERNELS:
-        model = BiLM(tiny_options, Numerics(precision=HIGHEST, kernels=name))
+        model = BiLM(tiny_options, Numerics(precision="highest", kernels=name))
         x = model.apply(tiny_params, ids, method=BiLM.embed_tokens)
         outs.append(model.apply(tiny_params, x, mask, zero_state(tiny_options, 2))[0])
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)

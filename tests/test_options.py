@@ -105,3 +105,14 @@ def test_tied_softmax_refused_for_training_only(tmp_path):
         options_from_dict(d).check_trainable()
     assert main(argv) == 2
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_numerics_accepts_bfloat16_compute_only():
+    from elmojax.errors import OptionsError
+    from elmojax.options import Numerics
+
+    assert Numerics(compute_dtype="bfloat16").dot.dtype == "bfloat16"
+    with pytest.raises(OptionsError, match="compute dtype 'float16'.*float32, bfloat16"):
+        Numerics(compute_dtype="float16")
+    with pytest.raises(OptionsError, match="param dtype 'bfloat16'.*parameters are float32"):
+        Numerics(param_dtype="bfloat16")

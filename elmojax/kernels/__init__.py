@@ -3,9 +3,12 @@
 The model picks one implementation set by name (``Numerics.kernels``): a GPU or TPU kernel is one
 new file here and one entry in :data:`KERNELS`, tested against the reference implementations.
 
-* ``lstm(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision) -> (ys, cs, hs)``: one LSTM
+* ``lstm(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot) -> (ys, cs, hs)``: one LSTM
   layer per direction, all directions in one time loop (see :func:`elmojax.kernels.lstm.lstm_layers`).
-* ``conv_max_pool(x, w, precision) -> y``: valid 1-D convolution, then max over positions.
+* ``conv_max_pool(x, w, dot) -> y``: valid 1-D convolution, then max over positions.
+
+``dot`` (:class:`elmojax.kernels.dot.Dot`) says how every product is computed: precision, operand
+dtype (float32 or bfloat16), float32 results.
 """
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ run time; a masked step keeps the state and outputs zeros.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from elmojax.kernels.dot import DEFAULT, Dot
+
 Array = jax.Array
-Precision = Any  # jax.lax.Precision | str | None
 
 
 def _clip(x: Array, bound: float | None) -> Array:
@@ -27,34 +27,30 @@ def _inside(x: Array, bound: float | None) -> Array:
     return 1.0 if bound is None else (jnp.abs(x) <= bound).astype(x.dtype)
 
 
-def _nt(a: Array, b: Array, precision: Precision) -> Array:
-    """``a @ b.T`` without materialising the transpose."""
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision)
-
-
-def lstm_reference(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision=None):
+def lstm_reference(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot: Dot = DEFAULT):
     """The plain formulation, differentiated by JAX (same arguments and results as :func:`lstm_layers`)."""
-    ys, cs, hs, _ = _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, False)
+    ys, cs, hs, _ = _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot, False)
     return ys, cs, hs
 
 
-def _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, keep_residuals):
+def _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot, keep_residuals):
     # the input half of the gate matmul does not depend on the recurrence: one GEMM up front,
     # laid out time-major so the loop reads contiguous [B, 4H] slices
     xws, loop_weights = [], []
     for x, (w, b, w_p) in zip(xs, weights, strict=True):
         t, batch, n_in = x.shape
-        xws.append(jnp.dot(x.reshape(t * batch, n_in), w[:n_in], precision=precision).reshape(t, batch, -1))
-        loop_weights.append((w[n_in:], b, w_p))  # the recurrent half, sliced once outside the loop
+        xws.append(dot(x.reshape(t * batch, n_in), w[:n_in]).reshape(t, batch, -1))
+        # the recurrent half, sliced (and cast to the compute dtype) once outside the loop
+        loop_weights.append((dot.cast(w[n_in:]), b, dot.cast(w_p)))
 
     def cell(carry, inp, weights):
         (c_prev, h_prev), (xw_t, m), (w_h, b, w_p) = carry, inp, weights
-        z = xw_t + b + jnp.dot(h_prev, w_h, precision=precision)
+        z = xw_t + b + dot(h_prev, w_h)
         i, j, f, og = jnp.split(z, 4, axis=-1)
         c_raw = jax.nn.sigmoid(f + 1.0) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(j)
         c = _clip(c_raw, cell_clip)
         mid = jax.nn.sigmoid(og) * jnp.tanh(c)
-        h_raw = jnp.dot(mid, w_p, precision=precision)
+        h_raw = dot(mid, w_p)
         h = _clip(h_raw, proj_clip)
         res = (z, c_prev, c_raw, mid, h_prev, h_raw) if keep_residuals else None
         return (jnp.where(m, c, c_prev), jnp.where(m, h, h_prev)), (jnp.where(m, h, 0.0), res)
@@ -71,28 +67,28 @@ def _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, kee
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def lstm_layers(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision):
+def lstm_layers(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot):
     """One LSTM layer per direction (see the module docstring for the arguments), all in one time loop.
 
     The gradient is hand-written: the reverse loop only produces the gate gradients, and the
     weight and input gradients are large GEMMs after it, instead of small GEMMs accumulated into
     weight-sized carries at every step (3x faster on CPU).
     """
-    ys, cs, hs, _ = _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, False)
+    ys, cs, hs, _ = _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot, False)
     return ys, cs, hs
 
 
-def _lstm_fwd(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision):
-    ys, cs, hs, res = _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, precision, True)
+def _lstm_fwd(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot):
+    ys, cs, hs, res = _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot, True)
     return (ys, cs, hs), (xs, masks, weights, res)
 
 
-def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
+def _lstm_bwd(cell_clip, proj_clip, dot, saved, grads):
     xs, masks, weights, res = saved
     d_ys, d_cs, d_hs = grads
     # transposed once here: the loop's small GEMMs run faster on row-major right operands
     w_ts = [
-        (jnp.transpose(w[x.shape[-1] :]), jnp.transpose(w_p))
+        (dot.cast(jnp.transpose(w[x.shape[-1] :])), dot.cast(jnp.transpose(w_p)))
         for x, (w, _, w_p) in zip(xs, weights, strict=True)
     ]
 
@@ -102,7 +98,7 @@ def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
         si, tj, sf, so = jax.nn.sigmoid(i), jnp.tanh(j), jax.nn.sigmoid(f + 1.0), jax.nn.sigmoid(og)
         tc = jnp.tanh(_clip(c_raw_t, cell_clip))
         d_hraw = jnp.where(m, dh + dy, 0.0) * _inside(h_raw_t, proj_clip)
-        d_mid = jnp.dot(d_hraw, w_p_t, precision=precision)
+        d_mid = dot(d_hraw, w_p_t)
         d_c = (jnp.where(m, dc, 0.0) + d_mid * so * (1.0 - tc * tc)) * _inside(c_raw_t, cell_clip)
         dz = jnp.concatenate(
             [
@@ -114,7 +110,7 @@ def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
             axis=-1,
         )
         dc_prev = d_c * sf + jnp.where(m, 0.0, dc)
-        dh_prev = jnp.dot(dz, w_h_t, precision=precision) + jnp.where(m, 0.0, dh)
+        dh_prev = dot(dz, w_h_t) + jnp.where(m, 0.0, dh)
         # the bias gradient is summed after the loop: a [4H] reduction per step sat on the
         # critical path of every iteration (about 3% of a step)
         return (dc_prev, dh_prev), (dz, d_hraw)
@@ -132,10 +128,10 @@ def _lstm_bwd(cell_clip, proj_clip, precision, saved, grads):
         mid, h_prev = r[3], r[4]
         dz = dz.reshape(t * batch, -1)
         xh = jnp.concatenate([x, h_prev], axis=-1).reshape(t * batch, -1)
-        d_w = jnp.dot(xh.T, dz, precision=precision)  # [in + P, 4H], W_0's layout
+        d_w = dot(xh.T, dz)  # [in + P, 4H], W_0's layout
         db = jnp.sum(dz, axis=0)
-        d_xs.append(_nt(dz, w[:n_in], precision).reshape(t, batch, n_in))
-        d_wp = jnp.dot(mid.reshape(t * batch, -1).T, d_hraw.reshape(t * batch, -1), precision=precision)
+        d_xs.append(dot.nt(dz, w[:n_in]).reshape(t, batch, n_in))
+        d_wp = dot(mid.reshape(t * batch, -1).T, d_hraw.reshape(t * batch, -1))
         d_weights.append((d_w, db, d_wp))
     d_c0s = tuple(c[0] for c in carries)
     d_h0s = tuple(c[1] for c in carries)

@@ -1,0 +1,139 @@
+"""bfloat16 compute against float32, and the sparse softmax/embedding update against the dense one."""
+
+from __future__ import annotations
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from elmojax.batching import sample_negatives
+from elmojax.data import BidirectionalStream
+from elmojax.embed import Embedder
+from elmojax.evaluate import evaluate
+from elmojax.options import Numerics, load_options, options_from_dict
+from elmojax.rundir import export_run
+from elmojax.train import DataParallel, StepConfig, TrainConfig, init_state, jit_train_step, train
+from elmojax.vocab import Batcher, Vocabulary
+from elmojax.weights import load_weights
+from tests.helpers import TRAIN_KEYS, tiny_options_dict, write_corpus
+
+BF16 = Numerics(compute_dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("numerics")
+    train_glob, vocab = write_corpus(root / "train")
+    heldout_glob, _ = write_corpus(root / "heldout" / "x", n_sentences=40, seed=1)
+    # rare words the corpus never uses: softmax rows that steps seldom touch
+    with open(vocab, "a") as f:
+        f.write("".join(f"rare{i}\n" for i in range(200)))
+    return train_glob, heldout_glob, vocab
+
+
+def options_for(corpus, word_level: bool = False):
+    d = tiny_options_dict(**TRAIN_KEYS)
+    if word_level:
+        del d["char_cnn"]
+        d["n_tokens_vocab"] = len(Vocabulary.from_file(corpus[2]))
+    return options_from_dict(d, source="tiny")
+
+
+def batches(options, corpus, n_steps):
+    """The first ``n_steps`` device batches of a run (one device), negatives included. The tiny
+    vocabulary keeps every table in one bucket, so each step configuration compiles once."""
+    train_glob, _, vocab_file = corpus
+    vocab = Vocabulary.from_file(vocab_file)
+    t = options.training
+    par = DataParallel(t.batch_size, jax.devices()[:1])
+    batcher = Batcher(50, vocab) if options.char_cnn else None
+    stream = BidirectionalStream(train_glob, vocab, par.local_rows, t.unroll_steps, batcher, seed=0)
+    out = []
+    for step in range(n_steps):
+        negatives = sample_negatives(0, step, len(vocab), t.n_negative_samples_batch)
+        out.append(par.batch(next(stream), options, negatives))
+    return par, len(vocab), out
+
+
+def run_steps(config, par, batches_):
+    state = par.put_state(init_state(config, par.global_rows, jax.random.PRNGKey(3)))
+    losses = []
+    for batch in batches_:
+        state, metrics = jit_train_step(state, batch, config)
+        losses.append(float(metrics["loss"]))
+    return state, np.array(losses)
+
+
+@pytest.mark.parametrize("word_level", [False, True], ids=["char", "word"])
+def test_sparse_update_equals_dense(corpus, word_level):
+    """Softmax (and a word model's embedding) updated on the touched rows only == the dense update."""
+    options = options_for(corpus, word_level)
+    par, n_vocab, bs = batches(options, corpus, 3)
+    sparse = StepConfig(options, n_vocab, sparse=True)
+    assert sparse.sparse_softmax and sparse.sparse_embedding == word_level
+    s_state, s_loss = run_steps(sparse, par, bs)
+    d_state, d_loss = run_steps(StepConfig(options, n_vocab, sparse=False), par, bs)
+    np.testing.assert_allclose(s_loss, d_loss, rtol=1e-6)
+    trees = (s_state.params, s_state.opt_state), (d_state.params, d_state.opt_state)
+    got, want = (jax.tree_util.tree_leaves(t) for t in trees)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    # rows no target and no negative touched are exactly as initialised
+    init = init_state(sparse, par.global_rows, jax.random.PRNGKey(3))
+    touched = set()
+    for b in bs:
+        touched |= set(np.asarray(b["targets"]).ravel()) | set(np.asarray(b["sampled"]).ravel())
+    untouched = sorted(set(range(n_vocab)) - touched)
+    assert untouched, "the test needs rows no step touches"
+    w0, w = np.asarray(init.params["softmax"]["W"]), np.asarray(s_state.params["softmax"]["W"])
+    np.testing.assert_array_equal(w[untouched], w0[untouched])
+    assert not np.array_equal(w[sorted(touched)], w0[sorted(touched)])
+
+
+def test_bfloat16_loss_curve_follows_float32(corpus):
+    """The same 30 steps in bfloat16 and float32: every loss within 2% (and both fall)."""
+    options = options_for(corpus)
+    par, n_vocab, bs = batches(options, corpus, 30)
+    _, f32 = run_steps(StepConfig(options, n_vocab), par, bs)
+    _, bf16 = run_steps(StepConfig(options, n_vocab, numerics=BF16), par, bs)
+    rel = np.abs(bf16 - f32) / f32
+    print(f"bfloat16 vs float32 loss: max relative difference {rel.max():.2e} over {len(f32)} steps")
+    assert rel.max() < 0.02, rel
+    assert f32[-10:].mean() < 0.7 * f32[:10].mean() and bf16[-10:].mean() < 0.7 * bf16[:10].mean()
+    assert not np.array_equal(f32, bf16)  # bfloat16 really was used
+
+
+def test_bfloat16_embeddings_follow_float32(fixture_dir, fixture_sentences):
+    """The bilm-tf fixture model embedded in bfloat16: within 2% of the largest float32 activation."""
+    kwargs = dict(vocab=None, batch_size=8)
+    options = load_options(fixture_dir / "options.json")
+    params = load_weights(fixture_dir / "lm_weights.hdf5", options)
+    f32 = Embedder(options, params, **kwargs).embed_sentences(fixture_sentences)
+    bf16 = Embedder(options, params, numerics=BF16, **kwargs).embed_sentences(fixture_sentences)
+    worst = 0.0
+    for a, b in zip(f32, bf16, strict=True):
+        assert b.dtype == np.float32 and a.shape == b.shape
+        for layer in range(a.shape[0]):
+            worst = max(worst, float(np.abs(a[layer] - b[layer]).max() / np.abs(a[layer]).max()))
+    print(f"bfloat16 vs float32 embeddings: max |diff| / max |float32| per layer {worst:.2e}")
+    assert 0 < worst < 0.02
+
+
+def test_bfloat16_train_evaluate_export(tmp_path, corpus):
+    """``train``/``evaluate`` in bfloat16 run end to end; the exported weights are float32."""
+    train_glob, heldout, vocab = corpus
+    options = options_for(corpus)
+    run = tmp_path / "run"
+    cfg = TrainConfig(str(run), train_glob, vocab, max_steps=10, progress=False, numerics=BF16)
+    train(options, cfg)
+    bf16 = evaluate(run, heldout, numerics=BF16)
+    f32 = evaluate(run, heldout)
+    assert bf16["perplexity"] == pytest.approx(f32["perplexity"], rel=0.02)
+    (tmp_path / "export").mkdir()
+    out = export_run(run, tmp_path / "export" / "weights.hdf5")
+    with h5py.File(out) as f:
+        dtypes = set()
+        f.visititems(lambda name, obj: dtypes.add(obj.dtype) if isinstance(obj, h5py.Dataset) else None)
+    assert dtypes == {np.dtype("float32")}
