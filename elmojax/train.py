@@ -34,6 +34,7 @@ from elmojax.batching import assemble_train_batch, fixed_table_size, sample_nega
 from elmojax.data import BidirectionalStream, Window, count_tokens, resolve_files
 from elmojax.errors import ElmoError
 from elmojax.fileio import check_writable_dir
+from elmojax.flops import model_flops
 from elmojax.model import BiLM, LSTMState, init_params, zero_state
 from elmojax.options import N_DIRECTIONS, ElmoOptions, Numerics, load_options, options_from_dict
 from elmojax.rundir import (
@@ -515,6 +516,14 @@ def train(
     # -- devices and the step
     par = DataParallel(t.batch_size, devices)
     step_config = StepConfig(options, len(vocab), numerics=config.numerics, mesh=par.mesh)
+    flops_per_token = model_flops(options, sampled=step_config.sample_softmax, n_vocab=len(vocab)).training
+    if jax.process_index() == 0:
+        print(
+            f"model: {flops_per_token / 1e9:.3f} GFLOP per token per training step (bilm-tf's count); "
+            f"{par.n_devices} device(s), {par.global_rows} rows, "
+            f"compute dtype {config.numerics.compute_dtype}",
+            file=sys.stderr,
+        )
     total_steps = config.max_steps or max(
         1, int(t.n_epochs * t.n_train_tokens / (par.global_rows * t.unroll_steps))
     )
@@ -607,6 +616,7 @@ def train(
                     "loss_forward": float(m["loss_forward"]),
                     "loss_backward": float(m["loss_backward"]),
                     "tokens_per_s": tokens_since / max(now - t_last, 1e-9),
+                    "model_tflops_per_s": tokens_since / max(now - t_last, 1e-9) * flops_per_token / 1e12,
                     "grad_norm": float(m["grad_norm"]),
                     "learning_rate": t.learning_rate,
                     "compile_s": round(compile_s, 3),

@@ -1,0 +1,226 @@
+"""One accelerator check in a few minutes of device time: numeric tests, then training and embedding
+throughput of `original` and `small` in float32 and bfloat16, as one table.
+
+Device time is scarce, so everything is prepared and run on the CPU first (``--tiny``: a tiny model,
+a few steps; a test runs it so the script cannot rot). On a GPU or TPU, in at most ~8 minutes:
+
+    python experiments/bench/accelerator_check.py                 # everything
+    python experiments/bench/accelerator_check.py --skip-tests    # throughput only
+    python experiments/bench/accelerator_check.py --tiny          # the CPU rehearsal
+
+Each training run is the user's command (``elmojax.cli.main(["train", ...])``) in its own process,
+on a synthetic Zipf corpus, at ``--rows`` rows per device over every local device; its figures come
+from its ``metrics.jsonl``: end-to-end tokens/s (host pipeline included, the median of the
+steady-state log intervals), model TFLOP/s by bilm-tf's FLOP count (:mod:`elmojax.flops`), MFU
+against the chip's dense peak for the dtype (TF32 for float32 on GPUs), compile seconds, and the
+process's peak device memory. Embedding is ``Embedder.embed_sentences`` on the same sentences with
+random weights, after one warm-up pass (labelled: compilation excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CONFIGS = ROOT / "experiments" / "configs"
+NUMERIC_TESTS = [
+    "tests/test_model.py",
+    "tests/test_softmax.py",
+    "tests/test_numerics.py",
+    "tests/test_embed.py",
+]
+
+TINY = {
+    "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
+             "use_skip_connections": True},
+    "char_cnn": {"activation": "relu", "embedding": {"dim": 4}, "filters": [[1, 8], [2, 8], [3, 16]],
+                 "n_highway": 1, "n_characters": 262, "max_characters_per_token": 50},
+    "unroll_steps": 10, "n_negative_samples_batch": 64, "dropout": 0.1,
+}  # fmt: skip
+
+TRAIN_CHILD = r"""
+import json, sys
+from elmojax.cli import main
+import jax
+code = main(sys.argv[1:])
+stats = jax.local_devices()[0].memory_stats() or {}
+print("CHECK " + json.dumps({"code": code, "peak_bytes": stats.get("peak_bytes_in_use"),
+      "device_kind": jax.devices()[0].device_kind, "n_devices": jax.device_count()}))
+"""
+
+EMBED_CHILD = r"""
+import json, sys, time
+import jax
+from elmojax.embed import Embedder
+from elmojax.model import init_params
+from elmojax.options import Numerics, load_options
+options_file, text, dtype, batch = sys.argv[1:5]
+options = load_options(options_file)
+sentences = [line.split() for line in open(text) if line.strip()]
+embedder = Embedder(options, init_params(options, jax.random.PRNGKey(0)), batch_size=int(batch),
+                    numerics=Numerics(compute_dtype=dtype))
+t = time.perf_counter(); list(embedder.embed_sentences(sentences, batch_size=int(batch)))
+warm = time.perf_counter() - t
+t = time.perf_counter(); out = list(embedder.embed_sentences(sentences, batch_size=int(batch)))
+jax.block_until_ready(out[-1]); dt = time.perf_counter() - t
+print("CHECK " + json.dumps({"tokens_per_s": sum(len(s) for s in sentences) / dt, "first_pass_s": warm}))
+"""
+
+
+def make_corpus(directory: Path, vocab_size: int, n_sentences: int, seed: int = 0) -> None:
+    """Zipf-distributed random words, sentences of 5-29 tokens; the vocabulary sorted by count."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = ["".join(rng.choice(letters, size=rng.integers(2, 11))) for _ in range(vocab_size)]
+    p = 1.0 / np.arange(1, vocab_size + 1)
+    counts: dict[str, int] = {}
+    with open(directory / "train.txt", "w") as f:
+        for _ in range(n_sentences):
+            toks = [words[i] for i in rng.choice(vocab_size, size=rng.integers(5, 30), p=p / p.sum())]
+            for tok in toks:
+                counts[tok] = counts.get(tok, 0) + 1
+            f.write(" ".join(toks) + "\n")
+    vocab = ["<S>", "</S>", "<UNK>"] + sorted(counts, key=lambda w: (-counts[w], w))
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+
+
+def child(code: str, args: list[str], timeout: float) -> dict:
+    """Run ``code`` in a fresh interpreter (clean peak memory); its ``CHECK`` line as a dict."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    for line in r.stdout.splitlines():
+        if line.startswith("CHECK "):
+            return json.loads(line[6:])
+    raise RuntimeError(f"child failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+
+
+def train_row(name: str, options_file: Path, corpus: Path, dtype: str, args, work: Path) -> dict:
+    from elmojax.flops import model_flops, peak_tflops
+    from elmojax.options import load_options
+
+    run = work / f"run-{name}-{dtype}"
+    log_every = max(1, args.steps // 3)
+    cmd = ["train", "--options-file", str(options_file), "--train-prefix", str(corpus / "train.txt"),
+           "--vocab-file", str(corpus / "vocab.txt"), "--save-dir", str(run), "--batch-size", str(args.rows),
+           "--max-steps", str(3 * log_every), "--log-every", str(log_every), "--checkpoint-every", "100000",
+           "--compute-dtype", dtype, "--no-progress"]  # fmt: skip
+    t0 = time.perf_counter()
+    info = child(TRAIN_CHILD, cmd, timeout=args.timeout)
+    wall = time.perf_counter() - t0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steady = [x["tokens_per_s"] for x in lines if x["step"] > log_every] or [lines[-1]["tokens_per_s"]]
+    tokens_per_s = statistics.median(steady)
+    flops = model_flops(load_options(options_file)).training
+    tflops = tokens_per_s * flops / 1e12
+    peak = args.peak_tflops or peak_tflops(info["device_kind"], dtype)
+    return {
+        "what": f"train {name}",
+        "dtype": dtype,
+        "rows": f"{args.rows} x {info['n_devices']}",
+        "tokens_per_s": tokens_per_s,
+        "tflops": tflops,
+        "mfu": tflops / peak if peak else None,
+        "compile_s": lines[-1]["compile_s"],
+        "peak_gib": info["peak_bytes"] / 2**30 if info["peak_bytes"] else None,
+        "wall_s": wall,
+        "device": info["device_kind"],
+    }
+
+
+def embed_row(name: str, options_file: Path, corpus: Path, dtype: str, args) -> dict:
+    t0 = time.perf_counter()
+    info = child(EMBED_CHILD, [str(options_file), str(corpus / "embed.txt"), dtype, "64"], args.timeout)
+    return {
+        "what": f"embed {name} (warm)",
+        "dtype": dtype,
+        "rows": "64",
+        "tokens_per_s": info["tokens_per_s"],
+        "compile_s": info["first_pass_s"],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    head = ["what", "dtype", "rows/device x devices", "tokens/s", "model TFLOP/s", "MFU", "compile s",
+            "peak GiB", "wall s"]  # fmt: skip
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        out.append(
+            f"| {r['what']} | {r['dtype']} | {r['rows']} | {r['tokens_per_s']:,.0f} | "
+            f"{fmt(r.get('tflops'), '.3g')} | {fmt(r.get('mfu'), '.1%')} | "
+            f"{fmt(r.get('compile_s'), '.1f')} | {fmt(r.get('peak_gib'), '.2f')} | {r['wall_s']:.0f} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="CPU rehearsal: a tiny model, 4 rows, a few steps")
+    p.add_argument("--configs", default="original,small", help="experiments/configs names")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--rows", type=int, default=None, help="rows per device (default 128; 4 with --tiny)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="logged steps after the first (default 30; 6 --tiny)"
+    )
+    p.add_argument("--skip-tests", action="store_true", help="no numeric tests first")
+    p.add_argument("--skip-embed", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the chip's peak, if not in elmojax.flops")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per child process")
+    p.add_argument("--out", default=None, help="also write the table (markdown) here")
+    args = p.parse_args(argv)
+    args.rows = args.rows or (4 if args.tiny else 128)
+    args.steps = args.steps or (6 if args.tiny else 30)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if not args.skip_tests:
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", *NUMERIC_TESTS], cwd=ROOT)
+            print(f"numeric tests: exit {r.returncode} in {time.perf_counter() - t0:.0f} s", flush=True)
+        corpus = work / "corpus"
+        corpus.mkdir()
+        make_corpus(corpus, *((500, 400) if args.tiny else (20000, 20000)))
+        lines = (corpus / "train.txt").read_text().splitlines()
+        (corpus / "embed.txt").write_text("\n".join(lines[: 64 if args.tiny else 2048]) + "\n")
+        if args.tiny:
+            configs = {"tiny": work / "tiny.json"}
+            configs["tiny"].write_text(json.dumps(TINY))
+        else:
+            configs = {name: CONFIGS / f"{name}.json" for name in args.configs.split(",")}
+        for name, options_file in configs.items():
+            for dtype in args.dtypes.split(","):
+                rows.append(train_row(name, options_file, corpus, dtype, args, work))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+            if not args.skip_embed:
+                for dtype in args.dtypes.split(","):
+                    rows.append(embed_row(name, options_file, corpus, dtype, args))
+    text = table(rows)
+    device = next((r["device"] for r in rows if "device" in r), "?")
+    print(
+        f"\ndevice: {device}; train = `elmojax train` end to end (metrics.jsonl), "
+        "embed = Embedder after warm-up"
+    )
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
