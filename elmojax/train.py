@@ -217,6 +217,10 @@ SOFTMAX_W, SOFTMAX_B = ("softmax", "W"), ("softmax", "b")
 WORD_EMBEDDING = ("bilm", "token_embedder", "embedding")
 
 
+#: sparse updates are used when a step's row ids number at most this fraction of the vocabulary
+SPARSE_FRACTION = 0.25
+
+
 def _dict_keys(path) -> tuple:
     return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
@@ -240,13 +244,16 @@ def sparse_view(params: dict, batch: dict, config: StepConfig) -> tuple[dict, di
 
     ``-> (rows {path: ids [R]}, view params, view batch)``. The softmax's rows are the distinct
     targets and sampled ids of both directions (``R = 2 B T + 2 S``, padded with the out-of-range
-    id ``V``); a word-level embedding's are the distinct entries of the token table. Each row
+    id ``V``); a word-level embedding's are the distinct entries of the token table. Where ``R`` is
+    not small against the vocabulary (see :data:`SPARSE_FRACTION`) the parameter stays dense. Each row
     appears once, so its gradient is the sum over its uses, as TensorFlow sums ``IndexedSlices``
     before a sparse update.
     """
     rows: dict[tuple, jax.Array] = {}
     batch = dict(batch)
-    if config.sparse_softmax:
+    n_ids = batch["targets"].size + (batch["sampled"].size if "sampled" in batch else 0)
+    # a row set about the size of the vocabulary saves nothing and costs a sort and a scatter
+    if config.sparse_softmax and n_ids <= SPARSE_FRACTION * config.n_vocab:
         targets, sampled = batch["targets"], batch["sampled"]
         ids = jnp.concatenate([targets.reshape(-1), sampled.reshape(-1)])
         uniq, inverse = jnp.unique(ids, size=ids.size, fill_value=config.n_vocab, return_inverse=True)
@@ -254,7 +261,7 @@ def sparse_view(params: dict, batch: dict, config: StepConfig) -> tuple[dict, di
         batch["target_rows"] = inverse[: targets.size].reshape(targets.shape)
         batch["sampled_rows"] = inverse[targets.size :].reshape(sampled.shape)
         rows[SOFTMAX_W] = rows[SOFTMAX_B] = uniq
-    if config.sparse_embedding:
+    if config.sparse_embedding and batch["table"].size <= SPARSE_FRACTION * config.n_vocab:
         table = batch["table"]
         uniq, inverse = jnp.unique(table, size=table.size, fill_value=config.n_vocab + 1, return_inverse=True)
         batch["table"] = inverse.reshape(table.shape)

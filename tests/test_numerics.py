@@ -13,7 +13,18 @@ from elmojax.embed import Embedder
 from elmojax.evaluate import evaluate
 from elmojax.options import Numerics, load_options, options_from_dict
 from elmojax.rundir import export_run
-from elmojax.train import DataParallel, StepConfig, TrainConfig, init_state, jit_train_step, train
+from elmojax.train import (
+    SOFTMAX_B,
+    SOFTMAX_W,
+    WORD_EMBEDDING,
+    DataParallel,
+    StepConfig,
+    TrainConfig,
+    init_state,
+    jit_train_step,
+    sparse_view,
+    train,
+)
 from elmojax.vocab import Batcher, Vocabulary
 from elmojax.weights import load_weights
 from tests.helpers import TRAIN_KEYS, tiny_options_dict, write_corpus
@@ -28,7 +39,7 @@ def corpus(tmp_path_factory):
     heldout_glob, _ = write_corpus(root / "heldout" / "x", n_sentences=40, seed=1)
     # rare words the corpus never uses: softmax rows that steps seldom touch
     with open(vocab, "a") as f:
-        f.write("".join(f"rare{i}\n" for i in range(200)))
+        f.write("".join(f"rare{i}\n" for i in range(1000)))
     return train_glob, heldout_glob, vocab
 
 
@@ -71,7 +82,9 @@ def test_sparse_update_equals_dense(corpus, word_level):
     options = options_for(corpus, word_level)
     par, n_vocab, bs = batches(options, corpus, 3)
     sparse = StepConfig(options, n_vocab, sparse=True)
-    assert sparse.sparse_softmax and sparse.sparse_embedding == word_level
+    init = init_state(sparse, par.global_rows, jax.random.PRNGKey(3))
+    rows, _, _ = sparse_view(init.params, bs[0], sparse)  # the sparse path is really taken
+    assert set(rows) == {SOFTMAX_W, SOFTMAX_B} | ({WORD_EMBEDDING} if word_level else set())
     s_state, s_loss = run_steps(sparse, par, bs)
     d_state, d_loss = run_steps(StepConfig(options, n_vocab, sparse=False), par, bs)
     np.testing.assert_allclose(s_loss, d_loss, rtol=1e-6)
@@ -81,7 +94,6 @@ def test_sparse_update_equals_dense(corpus, word_level):
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
     # rows no target and no negative touched are exactly as initialised
-    init = init_state(sparse, par.global_rows, jax.random.PRNGKey(3))
     touched = set()
     for b in bs:
         touched |= set(np.asarray(b["targets"]).ravel()) | set(np.asarray(b["sampled"]).ravel())

@@ -1,0 +1,106 @@
+"""Step cost against vocabulary size: the same data and model with a 20k- and an 800k-word vocabulary.
+
+The published ``small`` model (batch 32 by default, unroll 20, 8192 negatives) trains on a synthetic
+Zipf corpus of 20,000 word types; the large vocabulary appends 780,000 words the corpus never uses
+(as a real 800k vocabulary's tail is rare). Sampled softmax touches ~8k rows a step either way; the
+sparse update (the default) keeps the step flat in the vocabulary, the dense one (``sparse=False``,
+what elmojax did before) does not. Step-only tokens/s (batches built before timing), steady state
+after compilation, the configurations interleaved round by round so machine noise hits all alike.
+
+    python experiments/bench/vocab_scaling.py [--batch 32] [--steps 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+from elmojax.batching import sample_negatives
+from elmojax.data import BidirectionalStream
+from elmojax.options import load_options
+from elmojax.runtime import retain_freed_memory
+from elmojax.train import DataParallel, StepConfig, init_state, jit_train_step
+from elmojax.vocab import Batcher, Vocabulary
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accelerator_check import CONFIGS, make_corpus  # noqa: E402
+
+
+def setup(options, corpus: Path, vocab_file: Path, sparse: bool, steps: int):
+    vocab = Vocabulary.from_file(vocab_file)
+    options = options.replace(n_tokens_vocab=len(vocab))
+    t = options.training
+    par = DataParallel(t.batch_size, jax.devices()[:1])
+    config = StepConfig(options, len(vocab), mesh=par.mesh, sparse=sparse)
+    stream = BidirectionalStream(
+        str(corpus / "train.txt"), vocab, par.local_rows, t.unroll_steps, Batcher(50, vocab), seed=0
+    )
+    batches = [
+        par.batch(next(stream), options, sample_negatives(0, i, len(vocab), t.n_negative_samples_batch))
+        for i in range(steps)
+    ]
+    state = par.put_state(init_state(config, par.global_rows, jax.random.PRNGKey(0)))
+    for b in batches:  # compile every table shape
+        state, _ = jit_train_step(state, b, config)
+    jax.block_until_ready(state)
+    return {"config": config, "state": state, "batches": batches, "tokens": par.global_rows * t.unroll_steps}
+
+
+def time_round(run: dict) -> float:
+    start = time.perf_counter()
+    state = run["state"]
+    for b in run["batches"]:
+        state, _ = jit_train_step(state, b, run["config"])
+    jax.block_until_ready(state)
+    run["state"] = state
+    return len(run["batches"]) * run["tokens"] / (time.perf_counter() - start)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="small")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--large", type=int, default=800_000, help="words in the large vocabulary")
+    p.add_argument("--dense", action="store_true", help="also time the dense update")
+    args = p.parse_args()
+    retain_freed_memory()
+    options = load_options(CONFIGS / f"{args.config}.json").replace_training(batch_size=args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp)
+        make_corpus(corpus, 20000, 20000)
+        small_vocab = corpus / "vocab.txt"
+        large_vocab = corpus / "vocab_large.txt"
+        words = small_vocab.read_text().splitlines()
+        words += [f"zz{i}" for i in range(args.large - len(words))]
+        large_vocab.write_text("\n".join(words) + "\n")
+        cases = {"20k sparse": (small_vocab, True), f"{args.large // 1000}k sparse": (large_vocab, True)}
+        if args.dense:
+            cases.update(
+                {"20k dense": (small_vocab, False), f"{args.large // 1000}k dense": (large_vocab, False)}
+            )
+        runs = {}
+        for name, (vocab_file, sparse) in cases.items():
+            print(f"compiling {name} ...", file=sys.stderr, flush=True)
+            runs[name] = setup(options, corpus, vocab_file, sparse, args.steps)
+        rates: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                rates[name].append(time_round(run))
+    base = statistics.median(rates["20k sparse"])
+    print(f"\n{args.config}, batch {args.batch}, step-only tokens/s (median of {args.rounds} rounds)")
+    print("| vocabulary, update | tokens/s | vs 20k sparse |\n|---|---|---|")
+    for name, r in rates.items():
+        print(f"| {name} | {statistics.median(r):,.0f} | {statistics.median(r) / base:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
