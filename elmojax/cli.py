@@ -47,6 +47,30 @@ def _add_compilation_cache_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host; see the README)",
+    )
+    _flag(parser, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
+    _flag(parser, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
+    _flag(parser, "--process-id", type=int, default=None, help="with --distributed: this process's index")
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    given = [
+        f for f in ("coordinator_address", "num_processes", "process_id") if getattr(args, f) is not None
+    ]
+    if not args.distributed:
+        if given:
+            raise ElmoError(f"--{given[0].replace('_', '-')} needs --distributed")
+        return
+    from elmojax.distributed import initialize
+
+    initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
 def _add_embed(sub) -> None:
     p = sub.add_parser(
         "embed",
@@ -202,29 +226,14 @@ def _add_train(sub) -> None:
     _flag(p, "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
     _flag(p, "--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
     _flag(p, "--log-every", type=int, default=10, help="steps between metric lines (default 10)")
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-host; see the README)",
-    )
-    _flag(p, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
-    _flag(p, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
-    _flag(p, "--process-id", type=int, default=None, help="with --distributed: this process's index")
+    _add_distributed_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_compilation_cache_flag(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    if args.distributed:
-        import jax
-
-        # None lets JAX detect the cluster (TPU pods, SLURM, ...) or read JAX_COORDINATOR_ADDRESS
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator_address,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
+    _start_distributed(args)
     from elmojax.train import TrainConfig, options_with_overrides, train
 
     for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
