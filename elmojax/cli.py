@@ -47,11 +47,12 @@ def _add_compilation_cache_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+def _add_distributed_flags(parser: argparse.ArgumentParser, what: str = "") -> None:
     parser.add_argument(
         "--distributed",
         action="store_true",
-        help="call jax.distributed.initialize() first (multi-host; see the README)",
+        help="call jax.distributed.initialize() first (multi-host; see the README)"
+        + (f"; {what}" if what else ""),
     )
     _flag(parser, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
     _flag(parser, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
@@ -101,16 +102,23 @@ def _add_embed(sub) -> None:
         default="strict",
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
+    _add_distributed_flags(
+        p,
+        "each process embeds a contiguous block of lines into OUTPUT's part file "
+        "(emb.h5 -> emb.part-00000-of-00002.h5); process 0 writes the index emb.index.json",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_compilation_cache_flag(p)
     p.set_defaults(func=_run_embed)
 
 
 def _run_embed(args: argparse.Namespace) -> None:
-    from elmojax.embed import Embedder, embed_file
-
     if args.batch_size < 1:
         raise ElmoError(f"--batch-size must be >= 1, found {args.batch_size}")
+    _start_distributed(args)
+    from elmojax.embed import Embedder, embed_file
+    from elmojax.embedparts import embed_file_part, index_path
+
     embedder = Embedder.from_files(
         args.options_file,
         args.weight_file,
@@ -119,16 +127,25 @@ def _run_embed(args: argparse.Namespace) -> None:
         stateful=args.stateful,
         start_state=args.start_state,
     )
-    n = embed_file(
+    kwargs = dict(output_format=args.output_format, batch_size=args.batch_size, errors=args.errors)
+    if not args.distributed:
+        n = embed_file(embedder, args.input_file, args.output_file, progress=not args.no_progress, **kwargs)
+        print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
+        return
+    import jax
+
+    part, n = embed_file_part(
         embedder,
         args.input_file,
         args.output_file,
-        output_format=args.output_format,
-        batch_size=args.batch_size,
-        errors=args.errors,
-        progress=not args.no_progress,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        progress=not args.no_progress and jax.process_index() == 0,
+        **kwargs,
     )
-    print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
+    print(f"wrote embeddings of {n} sentences to {part}", file=sys.stderr)
+    if jax.process_index() == 0:
+        print(f"wrote the index of all parts to {index_path(args.output_file)}", file=sys.stderr)
 
 
 def _add_prepare(sub) -> None:

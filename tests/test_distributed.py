@@ -1,5 +1,6 @@
 """Several processes as one job on localhost (one CPU device each, gloo collectives): training that
-stops, resumes and equals an uninterrupted run; a locked run directory refused by all processes."""
+stops, resumes and equals an uninterrupted run; a locked run directory refused by all processes;
+a corpus embedded in parts equal to a single-process dump."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import socket
 import subprocess
 import sys
 
+import h5py
 import jax
 import numpy as np
 import pytest
 
+from elmojax.embed import Embedder, embed_file
+from elmojax.embedparts import index_path, locate, part_path
 from elmojax.options import options_from_dict
 from elmojax.rundir import restore_params
 from elmojax.runlock import RunLock
+from elmojax.weights import save_weights
 from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, write_corpus
 
 #: what every process reports alike; tokens_per_s and compile_s are timings
@@ -140,3 +145,48 @@ def test_locked_run_directory_stops_every_process(corpus, tmp_path):
     assert err0.startswith("elmojax train: error:") and f"pid {os.getpid()}" in err0 and str(run) in err0
     assert "process 0 could not lock the run directory" in results[1].stderr
     assert not (run / "options.json").exists()
+
+
+def read_dump(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    with h5py.File(path, "r") as f:
+        arrays = {k: f[k][()] for k in f if k != "sentence_to_index"}
+        return arrays, json.loads(f["sentence_to_index"][0])
+
+
+def test_two_processes_embed_parts_equal_a_single_process_dump(tiny_options, tiny_params, tmp_path):
+    tiny_options.save(tmp_path / "options.json", for_export=True)
+    save_weights(tiny_params, tiny_options, tmp_path / "w.hdf5")
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sees", "a", "dog", "river", "."]
+    lines = [" ".join(rng.choice(words, size=1 + i % 9)) for i in range(23)]
+    lines[15] = lines[14] = lines[3]  # a repeated sentence in each part and across parts
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    flags = ["--options-file", str(tmp_path / "options.json"), "--weight-file", str(tmp_path / "w.hdf5")]
+    flags += ["--batch-size", "4", "--no-progress"]
+
+    out = tmp_path / "emb.h5"
+    results = run_processes(["embed", str(tmp_path / "in.txt"), str(out), *flags])
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    embedder = Embedder.from_files(tmp_path / "options.json", tmp_path / "w.hdf5", batch_size=4)
+    embed_file(embedder, tmp_path / "in.txt", tmp_path / "single.h5", batch_size=4)
+    single, single_index = read_dump(tmp_path / "single.h5")
+
+    parts = [read_dump(part_path(out, i, 2)) for i in range(2)]
+    assert sorted(parts[0][0], key=int) == [str(i) for i in range(11)]  # lines 0-10, then 11-22
+    assert sorted(parts[1][0], key=int) == [str(i) for i in range(11, 23)]
+    union = {**parts[0][0], **parts[1][0]}
+    assert union.keys() == single.keys()
+    for key, array in single.items():  # bit for bit: a sentence's embedding ignores its batch mates
+        assert union[key].shape == array.shape and union[key].tobytes() == array.tobytes(), key
+    # each part's sentence_to_index names its own first dataset of each sentence, as a single file does
+    assert parts[0][1][lines[3]] == "3" and parts[1][1][lines[3]] == "14"
+    assert {**parts[1][1], **parts[0][1]} == single_index
+
+    index = json.loads(index_path(out).read_text())
+    assert index["n_sentences"] == 23 and [p["n_lines"] for p in index["parts"]] == [11, 12]
+    for line in range(23):
+        file, name = locate(index_path(out), line)
+        with h5py.File(file, "r") as f:
+            assert f[name].shape == single[str(line)].shape
+    assert not out.exists()  # the parts and the index are the output
