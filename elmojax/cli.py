@@ -58,6 +58,31 @@ def _add_compute_dtype_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_distributed_flags(parser: argparse.ArgumentParser, what: str = "") -> None:
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host; see the README)"
+        + (f"; {what}" if what else ""),
+    )
+    _flag(parser, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
+    _flag(parser, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
+    _flag(parser, "--process-id", type=int, default=None, help="with --distributed: this process's index")
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    given = [
+        f for f in ("coordinator_address", "num_processes", "process_id") if getattr(args, f) is not None
+    ]
+    if not args.distributed:
+        if given:
+            raise ElmoError(f"--{given[0].replace('_', '-')} needs --distributed")
+        return
+    from elmojax.distributed import initialize
+
+    initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
 def _add_embed(sub) -> None:
     p = sub.add_parser(
         "embed",
@@ -88,6 +113,11 @@ def _add_embed(sub) -> None:
         default="strict",
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
+    _add_distributed_flags(
+        p,
+        "each process embeds a contiguous block of lines into OUTPUT's part file "
+        "(emb.h5 -> emb.part-00000-of-00002.h5); process 0 writes the index emb.index.json",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_compute_dtype_flag(p)
     _add_compilation_cache_flag(p)
@@ -95,10 +125,12 @@ def _add_embed(sub) -> None:
 
 
 def _run_embed(args: argparse.Namespace) -> None:
-    from elmojax.embed import Embedder, embed_file
-
     if args.batch_size < 1:
         raise ElmoError(f"--batch-size must be >= 1, found {args.batch_size}")
+    _start_distributed(args)
+    from elmojax.embed import Embedder, embed_file
+    from elmojax.embedparts import embed_file_part, index_path
+
     embedder = Embedder.from_files(
         args.options_file,
         args.weight_file,
@@ -108,16 +140,25 @@ def _run_embed(args: argparse.Namespace) -> None:
         start_state=args.start_state,
         numerics=Numerics(compute_dtype=args.compute_dtype, precision="highest"),
     )
-    n = embed_file(
+    kwargs = dict(output_format=args.output_format, batch_size=args.batch_size, errors=args.errors)
+    if not args.distributed:
+        n = embed_file(embedder, args.input_file, args.output_file, progress=not args.no_progress, **kwargs)
+        print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
+        return
+    import jax
+
+    part, n = embed_file_part(
         embedder,
         args.input_file,
         args.output_file,
-        output_format=args.output_format,
-        batch_size=args.batch_size,
-        errors=args.errors,
-        progress=not args.no_progress,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        progress=not args.no_progress and jax.process_index() == 0,
+        **kwargs,
     )
-    print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
+    print(f"wrote embeddings of {n} sentences to {part}", file=sys.stderr)
+    if jax.process_index() == 0:
+        print(f"wrote the index of all parts to {index_path(args.output_file)}", file=sys.stderr)
 
 
 def _add_prepare(sub) -> None:
@@ -215,14 +256,7 @@ def _add_train(sub) -> None:
     _flag(p, "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
     _flag(p, "--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
     _flag(p, "--log-every", type=int, default=10, help="steps between metric lines (default 10)")
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-host; see the README)",
-    )
-    _flag(p, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
-    _flag(p, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
-    _flag(p, "--process-id", type=int, default=None, help="with --distributed: this process's index")
+    _add_distributed_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_compute_dtype_flag(p)
     _add_compilation_cache_flag(p)
@@ -230,15 +264,7 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    if args.distributed:
-        import jax
-
-        # None lets JAX detect the cluster (TPU pods, SLURM, ...) or read JAX_COORDINATOR_ADDRESS
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator_address,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
+    _start_distributed(args)
     from elmojax.train import TrainConfig, options_with_overrides, train
 
     for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):

@@ -14,6 +14,7 @@ table :data:`elmojax.outputs.OUTPUT_FORMATS`.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -181,20 +182,32 @@ class Embedder:
         return out
 
 
-def read_sentences(path: str | Path, errors: str = "strict") -> list[list[str]]:
-    """Read one whitespace-tokenized sentence a line; an empty line is an error naming it.
+#: sentences read and embedded at a time by :func:`embed_file`, in batches: host memory stays
+#: constant on any input. A multiple of the stateless sort window (8 batches), so sentences are
+#: grouped into batches exactly as when streaming the whole file at once.
+CHUNK_BATCHES = 64
 
-    Invalid UTF-8 is an error naming the line and byte unless ``errors="replace"``, which replaces
-    the bytes with U+FFFD and goes on.
+
+def iter_sentences(
+    path: str | Path, errors: str = "strict", lines: range | None = None
+) -> Iterator[tuple[int, list[str]]]:
+    """``(0-based line index, tokens)`` of each line (of ``lines`` only, if given), read lazily.
+
+    An empty line is an error naming it; invalid UTF-8 is an error naming the line and byte unless
+    ``errors="replace"``, which replaces the bytes with U+FFFD and goes on.
     """
     path = check_input_file(path)
-    sentences = []
-    for line in read_text_lines(path, errors):
+    start, stop = (lines.start, lines.stop) if lines is not None else (0, None)
+    for line in read_text_lines(path, errors, start, stop):
         tokens = line.text.replace("\x00", " ").split()
         if not tokens:
             raise InputTextError(f"{path}: line {line.number}: empty line; every line must hold one sentence")
-        sentences.append(tokens)
-    return sentences
+        yield line.number - 1, tokens
+
+
+def read_sentences(path: str | Path, errors: str = "strict") -> list[list[str]]:
+    """Read one whitespace-tokenized sentence a line into memory (see :func:`iter_sentences`)."""
+    return [tokens for _, tokens in iter_sentences(path, errors)]
 
 
 def embed_file(
@@ -206,27 +219,40 @@ def embed_file(
     batch_size: int = 64,
     errors: str = "strict",
     progress: bool = False,
+    lines: range | None = None,
 ) -> int:
     """Write embeddings of every line of ``input_file`` to HDF5 as AllenNLP's ``elmo`` command does.
 
     Dataset ``str(line_index)`` holds ``[L + 1, T, 2P]`` (``all``), the top layer ``[T, 2P]``
     (``top``) or the layer average ``[T, 2P]`` (``average``); ``sentence_to_index`` holds the JSON map
-    from sentence text to dataset name. Returns the number of sentences written.
+    from sentence text to dataset name. ``lines`` (0-based) embeds only those lines, keeping their
+    indices as dataset names (one part of a distributed run). The input is read twice, streamed:
+    once to check every line, then in chunks of :data:`CHUNK_BATCHES` batches to embed them.
+    Returns the number of sentences written.
     """
     if output_format not in OUTPUT_FORMATS:
         raise ElmoError(f"unknown output format {output_format!r}; use one of {', '.join(OUTPUT_FORMATS)}")
     select = OUTPUT_FORMATS[output_format][1]
-    sentences = read_sentences(input_file, errors)
+    input_file = check_input_file(input_file)
     from tqdm import tqdm
 
+    # a first pass checks every line, so bad input fails before any work, and counts them
+    total = sum(1 for _ in iter_sentences(input_file, errors, lines))
+    sentences = iter_sentences(input_file, errors, lines)
     sentence_to_index: dict[str, str] = {}
-    with atomic_path(output_file) as tmp, h5py.File(tmp, "w") as fout:
-        stream = embedder.embed_sentences(sentences, batch_size)
-        for i, (tokens, emb) in enumerate(
-            tqdm(zip(sentences, stream, strict=True), total=len(sentences), disable=not progress, unit="sent")
-        ):
-            fout.create_dataset(str(i), data=select(emb).astype(np.float32))
-            sentence_to_index.setdefault(" ".join(tokens), str(i))
+    n = 0
+    with (
+        atomic_path(output_file) as tmp,
+        h5py.File(tmp, "w") as fout,
+        tqdm(total=total, disable=not progress, unit="sent") as bar,
+    ):
+        while chunk := list(itertools.islice(sentences, CHUNK_BATCHES * batch_size)):
+            stream = embedder.embed_sentences([tokens for _, tokens in chunk], batch_size)
+            for (i, tokens), emb in zip(chunk, stream, strict=True):
+                fout.create_dataset(str(i), data=select(emb).astype(np.float32))
+                sentence_to_index.setdefault(" ".join(tokens), str(i))
+            n += len(chunk)
+            bar.update(len(chunk))
         ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.string_dtype())
         ds[0] = json.dumps(sentence_to_index)
-    return len(sentences)
+    return n

@@ -40,12 +40,33 @@ def check_input_file(path: str | Path) -> Path:
     return path
 
 
-def read_text_lines(path: str | Path, errors: str = "strict") -> Iterator[TextLine]:
+def count_lines(path: str | Path) -> int:
+    """Number of lines of a file as :func:`read_text_lines` yields them, read in blocks of 1 MiB."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")  # a last line without its newline
+
+
+def read_text_lines(
+    path: str | Path, errors: str = "strict", start: int = 0, stop: int | None = None
+) -> Iterator[TextLine]:
     """The lines of a UTF-8 file, a leading BOM removed; invalid UTF-8 is an error naming the line
-    and byte offset unless ``errors="replace"``, which substitutes U+FFFD and goes on."""
+    and byte offset unless ``errors="replace"``, which substitutes U+FFFD and goes on.
+
+    ``start``/``stop`` (0-based, ``stop`` exclusive) yield only those lines; the others are
+    skipped undecoded, so their bytes are not checked.
+    """
     offset = 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
+            if number <= start:
+                offset += len(raw)
+                continue
+            if stop is not None and number > stop:
+                break
             replaced = False
             try:
                 text = raw.decode("utf-8")

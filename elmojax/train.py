@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from elmojax.batching import assemble_train_batch, fixed_table_size, sample_negatives, train_arrays
 from elmojax.data import BidirectionalStream, Window, count_tokens, resolve_files
+from elmojax.distributed import all_succeeded
 from elmojax.errors import ElmoError
 from elmojax.fileio import check_writable_dir
 from elmojax.flops import model_flops
@@ -45,6 +46,7 @@ from elmojax.rundir import (
     restore_latest,
     truncate_metrics,
 )
+from elmojax.runlock import RunLock
 from elmojax.softmax import full_softmax_loss, init_softmax, sampled_softmax_loss
 from elmojax.vocab import Batcher, Vocabulary
 from elmojax.weights import load_weights
@@ -498,8 +500,33 @@ def train(
     """Train (or resume) a biLM in ``config.save_dir``; returns the last logged metrics.
 
     Running again on an existing run directory resumes from its latest complete checkpoint with
-    the exact data position, and stops at the same final step.
+    the exact data position, and stops at the same final step. The directory is locked for the
+    run (:mod:`elmojax.runlock`, held by process 0): a second run on it stops at once.
     """
+    save_dir = check_writable_dir(config.save_dir)
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = RunLock(save_dir)
+        except ElmoError as e:
+            error = e
+    # every process learns of process 0's refusal instead of waiting for it in a collective
+    if not all(all_succeeded(error is None)):
+        raise error or ElmoError(f"{save_dir}: process 0 could not lock the run directory; see its error")
+    try:
+        return _train_locked(options, config, devices=devices, on_step=on_step)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(
+    options: ElmoOptions,
+    config: TrainConfig,
+    *,
+    devices: list | None,
+    on_step: Callable[[int, dict], None] | None,
+) -> dict:
     # -- run directory, options and vocabulary
     save_dir = check_writable_dir(config.save_dir)
     resolve_files(config.train_prefix)  # fail early on a pattern that matches nothing

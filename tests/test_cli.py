@@ -46,3 +46,13 @@ def test_missing_run_directory_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "nope: not a training run directory" in err and "\n" not in err
     assert main(["export", "--save-dir", str(tmp_path / "nope"), "--outfile", str(tmp_path / "w.hdf5")]) == 2
+
+
+@pytest.mark.parametrize("command", ["train", "embed"])
+def test_process_flags_without_distributed_are_refused(command, tmp_path, capsys):
+    args = {
+        "train": ["train", "--options-file", "o", "--train-prefix", "t", "--save-dir", str(tmp_path)],
+        "embed": ["embed", "in.txt", "out.h5", "--options-file", "o", "--weight-file", "w"],
+    }[command]
+    assert main([*args, "--num-processes", "2", "--no-compilation-cache"]) == 2
+    assert "--num-processes needs --distributed" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from elmojax.cli import main
-from elmojax.embed import Embedder
+from elmojax.embed import Embedder, embed_file
 from elmojax.weights import save_weights
 from tests.helpers import ROOT
 
@@ -157,7 +157,7 @@ def test_python_dash_m_help():
 
 MULTIDEVICE_SCRIPT = """
 import sys, numpy as np, jax
-from elmojax.embed import Embedder
+from elmojax.embed import Embedder, embed_file
 from elmojax.model import init_params
 from elmojax.options import options_from_dict
 from tests.helpers import tiny_options_dict
@@ -201,3 +201,28 @@ def test_stateless_start_is_the_state_after_the_warmup_text(tiny_options, tiny_p
         np.testing.assert_allclose(carried[1:, :, half], stateless[1:, :, half], atol=1e-6)
     zero = Embedder(tiny_options, tiny_params, start_state="zero").embed_batch([target])[0]
     assert np.abs(zero[1:] - stateless[1:]).max() > 1e-4  # the start matters
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_embed_file_streams_in_chunks_with_the_same_result(
+    tiny_options, tiny_params, tmp_path, monkeypatch, stateful
+):
+    """Chunked reading (constant host memory) changes nothing: neither the stateless batching nor
+    the rows a stateful embedder carries from chunk to chunk."""
+    import elmojax.embed
+    from elmojax.fileio import count_lines
+
+    lines = [" ".join([f"w{i % 5}"] * (1 + i % 6)) for i in range(19)]
+    (tmp_path / "in.txt").write_text("\n".join(lines))  # no newline after the last line
+    assert count_lines(tmp_path / "in.txt") == 19
+    dumps = []
+    for chunk_batches in (64, 1):
+        monkeypatch.setattr(elmojax.embed, "CHUNK_BATCHES", chunk_batches)
+        embedder = Embedder(tiny_options, tiny_params, batch_size=4, stateful=stateful)
+        out = tmp_path / f"out{chunk_batches}.h5"
+        assert embed_file(embedder, tmp_path / "in.txt", out, batch_size=4) == 19
+        with h5py.File(out, "r") as f:
+            dumps.append({k: f[k][()] for k in f if k != "sentence_to_index"})
+    assert dumps[0].keys() == dumps[1].keys() == {str(i) for i in range(19)}
+    for k in dumps[0]:
+        assert dumps[0][k].tobytes() == dumps[1][k].tobytes(), k
