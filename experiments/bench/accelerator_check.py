@@ -95,9 +95,11 @@ def make_corpus(directory: Path, vocab_size: int, n_sentences: int, seed: int = 
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
 
 
-def child(code: str, args: list[str], timeout: float) -> dict:
+def child(code: str, args: list[str], timeout: float, xla_flags: str = "") -> dict:
     """Run ``code`` in a fresh interpreter (clean peak memory); its ``CHECK`` line as a dict."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     r = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -118,7 +120,7 @@ def train_row(name: str, options_file: Path, corpus: Path, dtype: str, args, wor
            "--max-steps", str(3 * log_every), "--log-every", str(log_every), "--checkpoint-every", "100000",
            "--compute-dtype", dtype, "--no-progress"]  # fmt: skip
     t0 = time.perf_counter()
-    info = child(TRAIN_CHILD, cmd, timeout=args.timeout)
+    info = child(TRAIN_CHILD, cmd, timeout=args.timeout, xla_flags=args.xla_flags)
     wall = time.perf_counter() - t0
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steady = [x["tokens_per_s"] for x in lines if x["step"] > log_every] or [lines[-1]["tokens_per_s"]]
@@ -142,7 +144,8 @@ def train_row(name: str, options_file: Path, corpus: Path, dtype: str, args, wor
 
 def embed_row(name: str, options_file: Path, corpus: Path, dtype: str, args) -> dict:
     t0 = time.perf_counter()
-    info = child(EMBED_CHILD, [str(options_file), str(corpus / "embed.txt"), dtype, "64"], args.timeout)
+    text = str(corpus / "embed.txt")
+    info = child(EMBED_CHILD, [str(options_file), text, dtype, "64"], args.timeout, args.xla_flags)
     return {
         "what": f"embed {name} (warm)",
         "dtype": dtype,
@@ -183,6 +186,11 @@ def main(argv=None) -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="the chip's peak, if not in elmojax.flops")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per child process")
     p.add_argument("--out", default=None, help="also write the table (markdown) here")
+    p.add_argument(
+        "--xla-flags",
+        default="",
+        help="extra XLA_FLAGS for the runs, to compare variants (e.g. --xla_gpu_enable_command_buffer=)",
+    )
     args = p.parse_args(argv)
     args.rows = args.rows or (4 if args.tiny else 128)
     args.steps = args.steps or (6 if args.tiny else 30)
