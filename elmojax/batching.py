@@ -15,6 +15,7 @@ import numpy as np
 
 from elmojax.data import Window
 from elmojax.softmax import sample_log_uniform
+from elmojax.tokens import distinct_char_rows
 from elmojax.vocab import Batcher, TokenBatcher, trim_char_ids
 
 
@@ -103,13 +104,13 @@ def train_arrays(
     per_device = []
     for d in range(n_local_devices):
         rows = slice(d * rows_per_device, (d + 1) * rows_per_device)
-        if char:
-            inputs = np.stack([w.char_ids[rows] for w in windows])  # [dirs, r, T, C]
+        if char:  # distinct ids first, then only their character rows (see distinct_char_rows)
+            table, index = distinct_char_rows([(w.inputs[rows], w.table) for w in windows])
+            per_device.append((table, np.stack(index)))
         else:
-            inputs = np.stack([w.token_ids[rows] + 1 for w in windows])  # shifted ids
-        per_device.append(distinct_tokens(inputs, char))
+            per_device.append(distinct_tokens(np.stack([w.token_ids[rows] + 1 for w in windows]), char))
     if fixed_size is not None:
-        return per_device, fixed_size, windows[0].char_ids.shape[-1] if char else 0
+        return per_device, fixed_size, windows[0].table.vocab_chars.max_characters_per_token if char else 0
     keep = max(trim_char_ids(t, max_filter_width).shape[-1] for t, _ in per_device) if char else 0
     bucket = max(bucket_table(len(t)) for t, _ in per_device)
     return per_device, bucket, keep

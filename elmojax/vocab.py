@@ -109,6 +109,11 @@ class Vocabulary:
         """The token's id, or the ``<UNK>`` id for unknown tokens."""
         return self._ids.get(token, self.unk)
 
+    def lookup(self, tokens: Sequence[str]) -> np.ndarray:
+        """int32 ids of ``tokens``, ``-1`` for tokens not in the vocabulary."""
+        get = self._ids.get
+        return np.fromiter((get(t, -1) for t in tokens), np.int32, len(tokens))
+
     def encode(self, tokens: Sequence[str], reverse: bool = False) -> np.ndarray:
         """Ids of one sentence wrapped in sentence markers, as bilm-tf's ``Vocabulary.encode``.
 
