@@ -213,6 +213,23 @@ class SentenceStream:
         self._loaded = None
 
 
+@dataclass(frozen=True)
+class WindowPosition:
+    """A :class:`WindowStream` position taken between windows; the row tails are shared, not copied
+    (the stream never changes an array it handed out), so taking one per step costs next to nothing."""
+
+    sentences: dict
+    rows: tuple[np.ndarray | None, ...]
+    table: OovTable
+    exhausted: bool
+
+    def to_dict(self) -> dict:
+        """The JSON state: the sentence stream's position and each row's unfinished sentence as tokens."""
+        token = self.table.token
+        rows = [[token(int(i)) for i in r] if r is not None else None for r in self.rows]
+        return {"sentences": dict(self.sentences), "rows": rows, "exhausted": self.exhausted}
+
+
 class WindowStream:
     """bilm-tf's ``_get_batch`` over a :class:`SentenceStream`: windows ``[B, U]`` row by row.
 
@@ -262,16 +279,17 @@ class WindowStream:
             return
         new_ids = table.add([old.token(int(i)) for i in used])
 
-        def remap(a: np.ndarray) -> np.ndarray:
+        def remap(a: np.ndarray, copy: bool) -> np.ndarray:
             unknown = a >= n_vocab
             if unknown.any():
-                a = a if a.flags.writeable else a.copy()
+                a = a.copy() if copy else a
                 a[unknown] = new_ids[np.searchsorted(used, a[unknown])]
             return a
 
-        self.rows = [remap(r) if r is not None else None for r in self.rows]
+        # row tails are copied, never changed: positions taken earlier share them
+        self.rows = [remap(r, copy=True) if r is not None else None for r in self.rows]
         for a in held:
-            remap(a)
+            remap(a, copy=False)
 
     def __next__(self) -> Window:
         b, u = self.batch_size, self.unroll_steps
@@ -312,11 +330,13 @@ class WindowStream:
         target_ids = np.where(mask, word(targets), 0).astype(np.int32)
         return Window(token_ids, target_ids, mask, inputs, self.table)
 
+    def position(self) -> WindowPosition:
+        """The current position, cheaply (no strings): :meth:`WindowPosition.to_dict` is the state."""
+        return WindowPosition(self.sentences.state_dict(), tuple(self.rows), self.table, self.exhausted)
+
     def state_dict(self) -> dict:
         """The position: the sentence stream's and each row's unfinished sentence as tokens."""
-        token = self.table.token
-        rows = [[token(int(i)) for i in r] if r is not None else None for r in self.rows]
-        return {"sentences": self.sentences.state_dict(), "rows": rows, "exhausted": self.exhausted}
+        return self.position().to_dict()
 
     def load_state_dict(self, d: dict) -> None:
         self.sentences.load_state_dict(d["sentences"])
@@ -329,6 +349,16 @@ class WindowStream:
         self.table = OovTable(self.vocab, self.chars)
         self.rows = [self.table.encode(list(r)) if r is not None else None for r in rows]
         self.exhausted = bool(d.get("exhausted", False))
+
+
+@dataclass(frozen=True)
+class BidirectionalPosition:
+    """A :class:`BidirectionalStream` position (see :class:`WindowPosition`)."""
+
+    directions: tuple[WindowPosition, ...]
+
+    def to_dict(self) -> dict:
+        return {"directions": [d.to_dict() for d in self.directions]}
 
 
 class BidirectionalStream:
@@ -369,8 +399,12 @@ class BidirectionalStream:
         forward, backward = [next(s) for s in self.streams]
         return forward, backward
 
+    def position(self) -> BidirectionalPosition:
+        """Both directions' positions, cheaply; ``.to_dict()`` is :meth:`state_dict`."""
+        return BidirectionalPosition(tuple(s.position() for s in self.streams))
+
     def state_dict(self) -> dict:
-        return {"directions": [s.state_dict() for s in self.streams]}
+        return self.position().to_dict()
 
     def load_state_dict(self, d: dict) -> None:
         for s, sd in zip(self.streams, d["directions"], strict=True):
