@@ -126,6 +126,20 @@ class OovTable:
         return out.reshape(*ids.shape, -1)
 
 
+def sorted_distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` for character rows, as int32, faster.
+
+    ``rows [N, chars]`` (values below 2**16) -> ``(distinct rows [U, chars] in lexicographic
+    order, where [N])``: big-endian uint16 bytes compare as the rows' values do, so the rows are
+    sorted as opaque byte strings (one memcmp per comparison) instead of column by column.
+    """
+    be = np.ascontiguousarray(rows, dtype=CHAR_DTYPE)
+    keys = be.view(np.dtype((np.void, be.shape[1] * be.itemsize))).reshape(-1)
+    distinct, where = np.unique(keys, return_inverse=True)
+    table = distinct.view(CHAR_DTYPE).reshape(len(distinct), -1).astype(np.int32)
+    return table, where.reshape(-1).astype(np.int32)
+
+
 def distinct_char_rows(
     parts: Sequence[tuple[np.ndarray, OovTable]],
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -148,11 +162,7 @@ def distinct_char_rows(
     for r in rows:
         stacked[offset : offset + len(r)] = r
         offset += len(r)
-    # big-endian uint16 bytes compare as the rows' values do: one memcmp sort of opaque rows
-    keys = stacked.view(np.dtype((np.void, stacked.shape[1] * stacked.itemsize))).reshape(-1)
-    distinct, where = np.unique(keys, return_inverse=True)
-    where = where.reshape(-1).astype(np.int32)
-    table = distinct.view(CHAR_DTYPE).reshape(len(distinct), -1).astype(np.int32)
+    table, where = sorted_distinct_rows(stacked)
     index, offset = [], 1
     for u, inv in zip(uniques, inverses, strict=True):
         index.append(where[offset : offset + len(u)][inv])
