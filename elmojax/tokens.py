@@ -49,6 +49,12 @@ def char_rows(tokens: Sequence[str], max_characters_per_token: int) -> np.ndarra
     return out
 
 
+def _as_void(rows: np.ndarray) -> np.ndarray:
+    """Rows as opaque byte strings: big-endian uint16 bytes compare as the rows' values do."""
+    rows = np.ascontiguousarray(rows, dtype=CHAR_DTYPE)
+    return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).reshape(-1)
+
+
 class VocabChars:
     """The character rows ``[V, max_chars]`` of every vocabulary word, computed once and shared."""
 
@@ -56,6 +62,9 @@ class VocabChars:
         self.vocab = vocab
         self.max_characters_per_token = max_characters_per_token
         self.rows = char_rows(vocab.tokens, max_characters_per_token)
+        # the distinct rows in lexicographic order, and each word's sort key (see OovTable.keys)
+        self.sorted, rank = np.unique(_as_void(self.rows), return_inverse=True)
+        self.keys = (2 * rank.reshape(-1).astype(np.int64) + 2) << 32
 
 
 _VOCAB_CHARS: weakref.WeakKeyDictionary[Vocabulary, dict[int, VocabChars]] = weakref.WeakKeyDictionary()
@@ -86,6 +95,7 @@ class OovTable:
         self._ids: dict[str, int] = {}
         width = chars.max_characters_per_token if chars is not None else 0
         self._rows = np.zeros((0, width), CHAR_DTYPE)
+        self._keys: np.ndarray | None = None  # sort keys of the unknown tokens, once needed
 
     def encode(self, tokens: Sequence[str]) -> np.ndarray:
         """int32 ids of ``tokens``: vocabulary ids, unknown tokens added to this table."""
@@ -104,6 +114,7 @@ class OovTable:
         if new and self.vocab_chars is not None:
             more = char_rows(new, self.vocab_chars.max_characters_per_token)
             self._rows = np.concatenate([self._rows, more]).astype(CHAR_DTYPE, copy=False)
+            self._keys = None
         return np.array([self._ids[t] for t in tokens], np.int32)
 
     def token(self, i: int) -> str:
@@ -114,6 +125,32 @@ class OovTable:
         """Vocabulary ids: unknown tokens become ``<UNK>`` (as ``Vocabulary.word_to_id``)."""
         return np.where(ids >= self.n_vocab, self.vocab.unk, ids).astype(np.int32)
 
+    def keys(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """int64 sort keys of ids' character rows, and where they are only a gap's key.
+
+        A vocabulary word's key comes from the rank of its row among the vocabulary's distinct
+        rows (equal rows, equal keys); an unknown token's row either equals one of those (same
+        key) or falls in the gap before rank ``p``: then the key is the gap's, and the caller
+        orders the rows within a gap (:func:`distinct_char_rows`). Sorting ints instead of rows
+        makes a batch's table a 1-D ``np.unique``. ``-1`` (padding) is 0.
+        """
+        assert self.vocab_chars is not None
+        vc = self.vocab_chars
+        if self._keys is None:
+            mine = _as_void(self._rows)
+            p = np.searchsorted(vc.sorted, mine).astype(np.int64)
+            same = (p < len(vc.sorted)) & (vc.sorted[np.minimum(p, len(vc.sorted) - 1)] == mine)
+            self._keys = np.where(same, (2 * p + 2) << 32, (2 * p + 1) << 32).astype(np.int64)
+            self._in_gap = ~same
+        out = np.zeros(ids.shape, np.int64)
+        in_gap = np.zeros(ids.shape, bool)
+        known = (ids >= 0) & (ids < self.n_vocab)
+        out[known] = vc.keys[ids[known]]
+        unknown = ids >= self.n_vocab
+        out[unknown] = self._keys[ids[unknown] - self.n_vocab]
+        in_gap[unknown] = self._in_gap[ids[unknown] - self.n_vocab]
+        return out, in_gap
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Character rows ``[..., max_chars]`` (uint16, big-endian) of ids; ``-1`` (padding) is all zeros."""
         assert self.vocab_chars is not None
@@ -123,7 +160,7 @@ class OovTable:
         out[known] = self.vocab_chars.rows[flat[known]]
         unknown = flat >= self.n_vocab
         out[unknown] = self._rows[flat[unknown] - self.n_vocab]
-        return out.reshape(*ids.shape, -1)
+        return out.reshape(*ids.shape, out.shape[1])
 
 
 def sorted_distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +177,11 @@ def sorted_distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return table, where.reshape(-1).astype(np.int32)
 
 
+def bounds_of(arrays: Sequence[np.ndarray]) -> list[int]:
+    """Where consecutive arrays' elements start in their concatenation (np.split's sections)."""
+    return list(np.cumsum([len(a) for a in arrays])[:-1])
+
+
 def distinct_char_rows(
     parts: Sequence[tuple[np.ndarray, OovTable]],
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -148,23 +190,33 @@ def distinct_char_rows(
     ``parts``: ``(ids, table)`` pairs (ids ``-1`` for padding) -> ``(table [U, chars] int32,
     [index like ids] int32)``. The table is exactly :func:`elmojax.batching.distinct_tokens`'s on
     the gathered character rows: the rows in lexicographic order, all-zero row 0 always present.
-    Each array is reduced to its distinct ids first, so only those rows are gathered and sorted.
+    Each array is reduced to its distinct ids first, which are sorted by int keys
+    (:meth:`OovTable.keys`); only unknown tokens' rows that match no vocabulary row are compared
+    as rows.
     """
-    uniques, inverses, rows = [], [], []
+    # key 0 (first, before any part's) is the padding row
+    uniques, inverses, keys, gaps = [], [], [np.zeros(1, np.int64)], [np.zeros(1, bool)]
     for ids, table in parts:
         u, inv = np.unique(ids, return_inverse=True)
         uniques.append(u)
         inverses.append(inv.reshape(ids.shape))
-        rows.append(table.rows(u))
-    # (np.concatenate would convert to native byte order)
-    stacked = np.zeros((1 + sum(len(r) for r in rows), rows[0].shape[1]), CHAR_DTYPE)
-    offset = 1
-    for r in rows:
-        stacked[offset : offset + len(r)] = r
-        offset += len(r)
-    table, where = sorted_distinct_rows(stacked)
-    index, offset = [], 1
-    for u, inv in zip(uniques, inverses, strict=True):
-        index.append(where[offset : offset + len(u)][inv])
-        offset += len(u)
+        k, gap = table.keys(u)
+        keys.append(k)
+        gaps.append(gap)
+    in_gap = np.split(np.concatenate(gaps[1:]), bounds_of(uniques))
+    keys, gaps = np.concatenate(keys), np.concatenate(gaps)
+    if gaps.any():  # unknown rows between vocabulary rows: ordered among themselves by their bytes
+        rows = [table.rows(u[g]) for u, g, (_, table) in zip(uniques, in_gap, parts, strict=True)]
+        _, rank = np.unique(_as_void(np.concatenate(rows)), return_inverse=True)
+        keys[gaps] |= rank.reshape(-1).astype(np.int64)
+    _, first, where = np.unique(keys, return_index=True, return_inverse=True)
+    where = where.reshape(-1).astype(np.int32)
+    # the character rows of one id per distinct key: (part, position in its uniques)
+    width = parts[0][1].vocab_chars.max_characters_per_token
+    table = np.zeros((len(first), width), np.int32)
+    bounds = np.cumsum([1] + [len(u) for u in uniques])
+    for k, (u, (_, oov)) in enumerate(zip(uniques, parts, strict=True)):
+        mine = (first >= bounds[k]) & (first < bounds[k + 1])
+        table[mine] = oov.rows(u[first[mine] - bounds[k]])
+    index = [where[bounds[k] : bounds[k + 1]][inv] for k, inv in enumerate(inverses)]
     return table, index

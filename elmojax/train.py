@@ -506,8 +506,11 @@ def train(
     compiled: set[tuple[int, ...]] = set()
     compile_s = 0.0  # first step of each table shape, compilation included
     produced = start
+    # one process places batches from the prefetch thread too (the copies overlap the step);
+    # several must agree on table shapes through a collective, kept in the loop's thread
+    place_ahead = jax.process_count() == 1
 
-    def produce() -> tuple[HostBatch, tuple | None, Any]:
+    def produce() -> tuple[dict | tuple[HostBatch, Any], Any]:
         # runs in the prefetch thread: the only user of `stream` from here on
         nonlocal produced
         negatives = None
@@ -515,7 +518,7 @@ def train(
             negatives = sample_negatives(config.seed, produced, len(vocab), t.n_negative_samples_batch)
         host = par.host_batch(next(stream), options)
         produced += 1
-        return host, negatives, stream.position()
+        return (par.place(host, negatives) if place_ahead else (host, negatives)), stream.position()
 
     with (
         _Preemption() as preempt,
@@ -524,8 +527,8 @@ def train(
     ):
         step = start
         while step < total_steps:
-            host, negatives, next_position = next(batches)
-            batch = par.place(host, negatives)
+            item, next_position = next(batches)
+            batch = item if place_ahead else par.place(*item)
             if batch["table"].shape in compiled:
                 state, metrics = jit_train_step(state, batch, step_config)
             else:  # a new table shape: compiled now (or read from the persistent cache)

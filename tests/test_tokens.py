@@ -36,18 +36,20 @@ def reference_windows(sentences, vocab, batcher, b, u, n):
     return out, rows
 
 
-LONG = "x" * 60  # truncated to 48 bytes: shares its character row with LONG + "y"
+LONG = "x" * 60  # truncated to 48 bytes: shares its character row with LONG + "y" and LONG + "z"
 
 
 @pytest.fixture()
 def corpus(tmp_path):
     rng = np.random.default_rng(0)
-    words = ["a", "bb", "ccc", "dé", "€uro", LONG, LONG + "y", "<S>"] + [f"w{i}" for i in range(30)]
+    words = ["a", "bb", "ccc", "dé", "€uro", LONG, LONG + "y", LONG + "z", "<S>"]
+    words += [f"w{i}" for i in range(30)]
     for k in range(3):
         lines = [" ".join(rng.choice(words, size=rng.integers(1, 9))) for _ in range(11)]
         (tmp_path / f"s{k}.txt").write_text("\n".join(lines) + "\n")
-    # half the words are unknown, among them the long ones and every other w{i}
-    vocab = Vocabulary(["<S>", "</S>", "<UNK>", "a", "ccc", "dé", *(f"w{i}" for i in range(0, 30, 2))])
+    # half the words are unknown, among them two long ones whose rows equal a known one
+    known = ["<S>", "</S>", "<UNK>", "a", "ccc", "dé", LONG + "z", *(f"w{i}" for i in range(0, 30, 2))]
+    vocab = Vocabulary(known)
     return str(tmp_path / "s*.txt"), vocab
 
 
