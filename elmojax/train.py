@@ -443,7 +443,8 @@ def train(
     )
 
     # -- data: this process's rows of both directions' window streams
-    batcher = Batcher(options.char_cnn.max_characters_per_token, vocab) if options.char_cnn else None
+    # the streams gather character rows by token id (elmojax.tokens): no per-token cache to pre-fill
+    batcher = Batcher(options.char_cnn.max_characters_per_token) if options.char_cnn else None
     stream = BidirectionalStream(
         config.train_prefix,
         vocab,
