@@ -116,6 +116,7 @@ class SentenceStream:
             0, np.int32
         )  # the loaded shard, encoded: sentence k is _ids[_starts[k]:_ends[k]]
         self._starts = self._ends = np.zeros(0, np.int64)
+        self._spans: tuple[list[int], list[int]] = ([], [])  # (start, end) in _ids by position
         self._order: np.ndarray = np.zeros(0, np.int64)
         if not any(Path(f).stat().st_size for f in self.files):
             raise ElmoError(f"{pattern}: all matching files are empty")
@@ -142,6 +143,8 @@ class SentenceStream:
             self._order = np.random.default_rng([self.seed, self.epoch, self.shard_pos, 1]).permutation(n)
         else:
             self._order = np.arange(n)
+        if self._encoding is not None:  # each position's span as Python ints: next_ids is hot
+            self._spans = (self._starts[self._order].tolist(), self._ends[self._order].tolist())
         self._loaded = key
 
     def encode_with(self, vocab: Vocabulary, chars: VocabChars | None) -> None:
@@ -202,8 +205,13 @@ class SentenceStream:
         """The next sentence as ids (a read-only view, markers included) and the table they index."""
         if self._encoding is None:
             raise ValueError("next_ids needs encode_with first")
-        k = self._advance()
-        return self._ids[self._starts[k] : self._ends[k]], self.table
+        pos = self.sent_pos
+        if self._loaded is not None and pos < len(self._order):  # the common case, kept short
+            self.sent_pos = pos + 1
+        else:
+            self._advance()
+            pos = self.sent_pos - 1
+        return self._ids[self._spans[0][pos] : self._spans[1][pos]], self.table
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "shard_pos": self.shard_pos, "sent_pos": self.sent_pos}
@@ -297,16 +305,18 @@ class WindowStream:
         targets = np.full((b, u), -1, np.int32)
         filled = np.zeros(b, np.int64)
         rows = self.rows
+        next_ids = self.sentences.next_ids
         for i in range(b):
             pos = 0
             cur = rows[i]
+            row_in, row_tg = inputs[i], targets[i]
             while pos < u:
                 if cur is None or len(cur) <= 1:
                     if self.exhausted:
                         cur = None
                         break
                     try:
-                        cur, table = self.sentences.next_ids()
+                        cur, table = next_ids()
                     except StopIteration:
                         self.exhausted = True
                         cur = None
@@ -315,9 +325,11 @@ class WindowStream:
                         rows[i] = None
                         self._switch_table(table, (inputs, targets))
                         rows = self.rows
-                n = min(len(cur) - 1, u - pos)
-                inputs[i, pos : pos + n] = cur[:n]
-                targets[i, pos : pos + n] = cur[1 : n + 1]
+                n = len(cur) - 1
+                if n > u - pos:
+                    n = u - pos
+                row_in[pos : pos + n] = cur[:n]
+                row_tg[pos : pos + n] = cur[1 : n + 1]
                 cur = cur[n:]
                 pos += n
             rows[i] = cur
