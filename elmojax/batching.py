@@ -15,7 +15,8 @@ import numpy as np
 
 from elmojax.data import Window
 from elmojax.softmax import sample_log_uniform
-from elmojax.vocab import Batcher, TokenBatcher, trim_char_ids
+from elmojax.tokens import distinct_char_rows, sorted_distinct_rows
+from elmojax.vocab import BOS, EOS, Batcher, TokenBatcher, trim_char_ids
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -103,13 +104,13 @@ def train_arrays(
     per_device = []
     for d in range(n_local_devices):
         rows = slice(d * rows_per_device, (d + 1) * rows_per_device)
-        if char:
-            inputs = np.stack([w.char_ids[rows] for w in windows])  # [dirs, r, T, C]
+        if char:  # distinct ids first, then only their character rows (see distinct_char_rows)
+            table, index = distinct_char_rows([(w.inputs[rows], w.table) for w in windows])
+            per_device.append((table, np.stack(index)))
         else:
-            inputs = np.stack([w.token_ids[rows] + 1 for w in windows])  # shifted ids
-        per_device.append(distinct_tokens(inputs, char))
+            per_device.append(distinct_tokens(np.stack([w.token_ids[rows] + 1 for w in windows]), char))
     if fixed_size is not None:
-        return per_device, fixed_size, windows[0].char_ids.shape[-1] if char else 0
+        return per_device, fixed_size, windows[0].table.vocab_chars.max_characters_per_token if char else 0
     keep = max(trim_char_ids(t, max_filter_width).shape[-1] for t, _ in per_device) if char else 0
     bucket = max(bucket_table(len(t)) for t, _ in per_device)
     return per_device, bucket, keep
@@ -161,11 +162,38 @@ def sentence_arrays(
     plus BOS/EOS, bucketed, ``U`` the distinct tokens, bucketed (and a multiple of ``row_multiple``).
     Index 0 (padding) points at the zero row.
     """
-    char = max_filter_width is not None
-    table, index = distinct_tokens(batcher.batch_sentences(sentences), char)
-    if char:
+    if max_filter_width is not None:
+        table, index = _distinct_sentence_chars(sentences, batcher)
         table = trim_char_ids(table, max_filter_width)
+    else:
+        table, index = distinct_tokens(batcher.batch_sentences(sentences), char=False)
     rows = round_up(pow2(len(sentences)), row_multiple)
     steps = bucket_time(index.shape[1])
     index = np.pad(index, ((0, rows - len(sentences)), (0, steps - index.shape[1])))
     return pad_table(table, round_up(bucket_count(len(table)), row_multiple)), index
+
+
+def _distinct_sentence_chars(
+    sentences: Sequence[Sequence[str]], batcher: Batcher
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`distinct_tokens` of ``batcher.batch_sentences(sentences)``, without building it.
+
+    Positions are mapped to distinct token strings (one dict lookup each); only the distinct
+    tokens' character rows are gathered and sorted.
+    """
+    lengths = np.array([len(s) + 2 for s in sentences], np.int64)
+    flat: list[str] = []
+    for sent in sentences:
+        flat.append(BOS)
+        flat.extend(sent)
+        flat.append(EOS)
+    distinct = {t: i for i, t in enumerate(dict.fromkeys(flat), start=1)}  # 0: the padding row
+    ids = np.fromiter(map(distinct.__getitem__, flat), np.int64, len(flat))
+    width = batcher.max_characters_per_token
+    rows = np.zeros((len(distinct) + 1, width), np.int32)
+    for t, i in distinct.items():
+        rows[i] = batcher.char_ids(t)
+    table, where = sorted_distinct_rows(rows)
+    index = np.zeros((len(sentences), int(lengths.max(initial=0))), np.int32)
+    index[np.arange(index.shape[1]) < lengths[:, None]] = where[ids]
+    return table, index

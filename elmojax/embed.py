@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -120,6 +121,10 @@ class Embedder:
         """
         if not sentences:
             return []
+        return self._finish(self._dispatch(sentences))
+
+    def _dispatch(self, sentences: Sequence[Sequence[str]]) -> tuple[jax.Array, Sequence[Sequence[str]]]:
+        """Host arrays of a batch, then its computation started (JAX runs it asynchronously)."""
         table, index = sentence_arrays(sentences, self._batcher, self._max_width, self.n_devices)
         rows, steps = index.shape
         if self.stateful:
@@ -135,6 +140,12 @@ class Embedder:
             self._state = LSTMState(
                 *(old.at[:, :, :rows].set(new) for old, new in zip(self._state, new_state, strict=True))
             )
+        return out, sentences
+
+    @staticmethod
+    def _finish(pending: tuple[jax.Array, Sequence[Sequence[str]]]) -> list[np.ndarray]:
+        """Wait for a dispatched batch: one ``[n_layers + 1, len(sentence), 2P]`` array per sentence."""
+        out, sentences = pending
         out = np.asarray(out)
         return [out[k, :, : len(s)] for k, s in enumerate(sentences)]
 
@@ -159,27 +170,52 @@ class Embedder:
         """
         batch_size = batch_size or self.batch_size
         window = batch_size * (1 if self.stateful else max(1, sort_window))
-        chunk: list[Sequence[str]] = []
-        for sent in sentences:
-            chunk.append(sent)
-            if len(chunk) == window:
-                yield from self._embed_chunk(chunk, batch_size)
-                chunk = []
-        if chunk:
-            yield from self._embed_chunk(chunk, batch_size)
+        # one batch in flight: the next batch's host arrays are built while the device runs the
+        # previous one, whose results are fetched only after the next is dispatched
+        waiting: deque[list] = deque()  # per chunk, oldest first: [embeddings, batches left]
+        pending = None
 
-    def _embed_chunk(self, chunk: list[Sequence[str]], batch_size: int) -> list[np.ndarray]:
+        def finish() -> None:
+            handle, chunk_out, idx = pending
+            for i, emb in zip(idx, self._finish(handle), strict=True):
+                chunk_out[0][i] = emb
+            chunk_out[1] -= 1
+
+        for chunk in _chunks(sentences, window):
+            batches = self._batches(chunk, batch_size)
+            chunk_out: list = [[None] * len(chunk), len(batches)]
+            waiting.append(chunk_out)
+            for idx in batches:
+                handle = self._dispatch([chunk[i] for i in idx])
+                if pending is not None:
+                    finish()
+                pending = (handle, chunk_out, idx)
+                while waiting and waiting[0][1] == 0:
+                    yield from waiting.popleft()[0]
+        if pending is not None:
+            finish()
+        while waiting:
+            yield from waiting.popleft()[0]
+
+    def _batches(self, chunk: list[Sequence[str]], batch_size: int) -> list[list[int]]:
+        """The chunk's batches as lists of positions: by length unless stateful (input order)."""
         order = (
             list(range(len(chunk)))
             if self.stateful
             else sorted(range(len(chunk)), key=lambda i: len(chunk[i]))
         )
-        out: list[np.ndarray | None] = [None] * len(chunk)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            for i, emb in zip(idx, self.embed_batch([chunk[i] for i in idx]), strict=True):
-                out[i] = emb
-        return out
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _chunks(sentences: Iterable[Sequence[str]], size: int) -> Iterator[list[Sequence[str]]]:
+    chunk: list[Sequence[str]] = []
+    for sent in sentences:
+        chunk.append(sent)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 #: sentences read and embedded at a time by :func:`embed_file`, in batches: host memory stays

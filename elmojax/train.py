@@ -38,6 +38,7 @@ from elmojax.fileio import check_writable_dir
 from elmojax.flops import model_flops
 from elmojax.model import BiLM, LSTMState, init_params, zero_state
 from elmojax.options import N_DIRECTIONS, ElmoOptions, Numerics, load_options, options_from_dict
+from elmojax.prefetch import Prefetcher
 from elmojax.rundir import (
     check_run_compatible,
     checkpoint_manager,
@@ -53,6 +54,8 @@ from elmojax.weights import load_weights
 
 #: consecutive non-finite steps after which training stops with an error
 MAX_BAD_STEPS = 10
+#: steps whose host arrays are prepared ahead of the device (see elmojax.prefetch)
+PREFETCH_STEPS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,37 +420,61 @@ class DataParallel:
     def put_lstm(self, lstm: LSTMState) -> LSTMState:
         return jax.device_put(lstm, state_shardings(self.mesh).lstm)
 
-    def batch(
-        self,
-        windows: tuple[Window, Window],
-        options: ElmoOptions,
-        negatives: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> dict:
-        """Device arrays of one step from this process's forward and backward windows.
+    def host_batch(self, windows: tuple[Window, Window], options: ElmoOptions) -> HostBatch:
+        """The numpy side of :meth:`batch`: no device, no collective, so it can run in a thread.
 
-        Each device gets a table of its distinct tokens (padded to a bucket shared by all devices,
-        and by all processes) and indices into the global table; ``negatives`` (the sampled
-        softmax's ids and tries) are replicated.
+        Each device gets a table of its distinct tokens (padded to a bucket shared by all devices)
+        and indices into the global table. Across processes the bucket is agreed on in
+        :meth:`place` (the arrays are assembled there then), since every process must compile the
+        same shapes; a fixed table size needs no agreement.
         """
         width = options.char_cnn.max_width if options.char_cnn is not None else None
         fixed = fixed_table_size(self.platform, self.rows_per_device, windows[0].mask.shape[1])
         per_device, bucket, keep = train_arrays(windows, self.n_local, self.rows_per_device, width, fixed)
-        if jax.process_count() > 1:  # every process must compile the same shapes
+        if jax.process_count() > 1 and fixed is None:
+            return HostBatch(None, (windows, per_device, bucket, keep))
+        return HostBatch(assemble_train_batch(windows, per_device, bucket, keep, self.first_local))
+
+    def place(self, host: HostBatch, negatives: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        """Device arrays of one step from :meth:`host_batch`'s; ``negatives`` (the sampled softmax's
+        ids and tries) are replicated."""
+        arrays = host.arrays
+        if arrays is None:
+            windows, per_device, bucket, keep = host.pending
             agreed = multihost_utils.process_allgather(np.array([bucket, keep])).max(0)
             bucket, keep = (int(v) for v in agreed)
-        host = assemble_train_batch(windows, per_device, bucket, keep, self.first_local)
+            arrays = assemble_train_batch(windows, per_device, bucket, keep, self.first_local)
         by_rows = P(None, "data")
         batch = {
-            "table": self.put(host["table"], P("data")),
-            "index": self.put(host["index"], by_rows),
-            "targets": self.put(host["targets"], by_rows),
-            "mask": self.put(host["mask"], by_rows),
+            "table": self.put(arrays["table"], P("data")),
+            "index": self.put(arrays["index"], by_rows),
+            "targets": self.put(arrays["targets"], by_rows),
+            "mask": self.put(arrays["mask"], by_rows),
         }
         if negatives is not None:
             replicated = NamedSharding(self.mesh, P())
             batch["sampled"] = jax.device_put(negatives[0], replicated)
             batch["num_tries"] = jax.device_put(negatives[1], replicated)
         return batch
+
+    def batch(
+        self,
+        windows: tuple[Window, Window],
+        options: ElmoOptions,
+        negatives: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict:
+        """Device arrays of one step from this process's forward and backward windows
+        (:meth:`host_batch`, then :meth:`place`)."""
+        return self.place(self.host_batch(windows, options), negatives)
+
+
+@dataclasses.dataclass
+class HostBatch:
+    """One step's host arrays (``table``, ``index``, ``targets``, ``mask``), or, when processes
+    must first agree on the table bucket, what :func:`assemble_train_batch` needs."""
+
+    arrays: dict[str, np.ndarray] | None
+    pending: tuple | None = None
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -563,7 +590,8 @@ def _train_locked(
     )
 
     # -- data: this process's rows of both directions' window streams
-    batcher = Batcher(options.char_cnn.max_characters_per_token, vocab) if options.char_cnn else None
+    # the streams gather character rows by token id (elmojax.tokens): no per-token cache to pre-fill
+    batcher = Batcher(options.char_cnn.max_characters_per_token) if options.char_cnn else None
     stream = BidirectionalStream(
         config.train_prefix,
         vocab,
@@ -601,10 +629,12 @@ def _train_locked(
             metrics_path.unlink(missing_ok=True)
     start = int(state.step)
 
+    position = stream.position()  # the stream position that belongs with `state`
+
     def save(step: int, force: bool = False) -> None:
         if mngr.latest_step() == step or not (force or mngr.should_save(step)):
             return
-        data = {"process": gather_positions(stream.state_dict())}
+        data = {"process": gather_positions(position.to_dict())}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
         mngr.save(step, args=args, force=force)
 
@@ -623,13 +653,30 @@ def _train_locked(
     tokens_done, t_last, tokens_since = start * tokens_per_step, time.time(), 0
     compiled: set[tuple[int, ...]] = set()
     compile_s = 0.0  # first step of each table shape, compilation included
-    with _Preemption() as preempt, open(metrics_path, "a", encoding="utf-8") as mlog:
+    produced = start
+    # one process places batches from the prefetch thread too (the copies overlap the step);
+    # several must agree on table shapes through a collective, kept in the loop's thread
+    place_ahead = jax.process_count() == 1
+
+    def produce() -> tuple[dict | tuple[HostBatch, Any], Any]:
+        # runs in the prefetch thread: the only user of `stream` from here on
+        nonlocal produced
+        negatives = None
+        if step_config.sample_softmax:
+            negatives = sample_negatives(config.seed, produced, len(vocab), t.n_negative_samples_batch)
+        host = par.host_batch(next(stream), options)
+        produced += 1
+        return (par.place(host, negatives) if place_ahead else (host, negatives)), stream.position()
+
+    with (
+        _Preemption() as preempt,
+        open(metrics_path, "a", encoding="utf-8") as mlog,
+        Prefetcher(produce, depth=PREFETCH_STEPS, name="elmojax-train-batches") as batches,
+    ):
         step = start
         while step < total_steps:
-            negatives = None
-            if step_config.sample_softmax:
-                negatives = sample_negatives(config.seed, step, len(vocab), t.n_negative_samples_batch)
-            batch = par.batch(next(stream), options, negatives)
+            item, next_position = next(batches)
+            batch = item if place_ahead else par.place(*item)
             if batch["table"].shape in compiled:
                 state, metrics = jit_train_step(state, batch, step_config)
             else:  # a new table shape: compiled now (or read from the persistent cache)
@@ -638,6 +685,7 @@ def _train_locked(
                 compile_s += time.time() - t_compile
                 compiled.add(batch["table"].shape)
             step += 1
+            position = next_position
             tokens_since += tokens_per_step
             if step % config.log_every == 0 or step == total_steps or step == start + 1:
                 m = jax.device_get(metrics)

@@ -11,6 +11,7 @@ training included (the model's character table has the padding row 0; see docs/f
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,11 @@ class Vocabulary:
     def word_to_id(self, token: str) -> int:
         """The token's id, or the ``<UNK>`` id for unknown tokens."""
         return self._ids.get(token, self.unk)
+
+    def lookup(self, tokens: Sequence[str]) -> np.ndarray:
+        """int32 ids of ``tokens``, ``-1`` for tokens not in the vocabulary."""
+        # map() over dict.get keeps the loop in C: about twice as fast as a generator
+        return np.fromiter(map(self._ids.get, tokens, repeat(-1, len(tokens))), np.int32, len(tokens))
 
     def encode(self, tokens: Sequence[str], reverse: bool = False) -> np.ndarray:
         """Ids of one sentence wrapped in sentence markers, as bilm-tf's ``Vocabulary.encode``.

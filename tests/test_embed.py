@@ -79,6 +79,23 @@ def test_bucketing_limits_compiles(tiny_embedder):
     assert len(tiny_embedder.shapes_compiled) <= 6
 
 
+def test_pipelined_stream_equals_batch_by_batch(tiny_embedder, tiny_options, tiny_params):
+    """embed_sentences dispatches a batch before fetching the previous one, across chunks too;
+    results come out in input order and equal plain embed_batch calls, stateful or not."""
+    rng = np.random.default_rng(1)
+    sentences = [[f"w{j}" for j in rng.integers(0, 40, size=rng.integers(1, 12))] for _ in range(7)]
+    out = list(tiny_embedder.embed_sentences(iter(sentences), batch_size=2, sort_window=2))
+    for a, b in zip(out, tiny_embedder.embed_batch(sentences), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    streamed = Embedder(tiny_options, tiny_params, stateful=True)
+    out = list(streamed.embed_sentences(iter(sentences), batch_size=4))
+    plain = Embedder(tiny_options, tiny_params, stateful=True)
+    expected = plain.embed_batch(sentences[:4]) + plain.embed_batch(sentences[4:])  # input order
+    assert len(out) == 7
+    for a, b in zip(out, expected, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_stateful_carries_rows_and_leaves_unused_rows_alone(tiny_options, tiny_params):
     emb = Embedder(tiny_options, tiny_params, stateful=True)
     first = emb.embed_batch([["a", "b"], ["c"], ["d", "e", "f"], ["g"]])

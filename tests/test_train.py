@@ -107,6 +107,14 @@ def test_resume_is_exact(tmp_path, corpus, train_options):
             np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+def test_bad_training_file_is_reported_from_the_prefetch_thread(tmp_path, corpus, train_options):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a b\n\xff c\n")
+    cfg = TrainConfig(str(tmp_path / "run"), str(bad), vocab_file=corpus[2], progress=False, max_steps=2)
+    with pytest.raises(ElmoError, match=r"bad.txt: not valid UTF-8 \(invalid start byte at byte 4\)"):
+        train(train_options, cfg)
+
+
 def test_other_options_in_existing_run_dir_is_an_error(tmp_path, corpus, train_options):
     run = tmp_path / "run"
     train(train_options, config(run, corpus, max_steps=1))
