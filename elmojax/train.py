@@ -718,7 +718,9 @@ def _train_locked(
                         f"{mngr.latest_step()}. Lower learning_rate or check the data"
                     )
             bar.update(1)
-            if int(state.bad_steps) == 0:
+            # reading bad_steps waits for the step; only where a checkpoint is due, so the loop
+            # otherwise queues the next step while this one runs
+            if mngr.should_save(step) and int(state.bad_steps) == 0:
                 save(step)
             if preempt.signal is not None:
                 save(step, force=True)
