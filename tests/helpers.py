@@ -63,3 +63,20 @@ def write_corpus(directory, n_sentences=300, seed=0):
     vocab = ["<S>", "</S>", "<UNK>"] + sorted(counts, key=lambda t: (-counts[t], t))
     (directory.parent / "vocab.txt").write_text("\n".join(vocab) + "\n")
     return str(directory / "shard_*.txt"), str(directory.parent / "vocab.txt")
+
+
+def train_argv(options_file, train_glob: str, vocab: str, save_dir, *extra: str) -> list[str]:
+    """``elmojax train`` arguments of a test run (no progress bar), ``extra`` flags appended."""
+    return [
+        "train",
+        "--options-file",
+        str(options_file),
+        "--train-prefix",
+        train_glob,
+        "--vocab-file",
+        vocab,
+        "--save-dir",
+        str(save_dir),
+        "--no-progress",
+        *extra,
+    ]

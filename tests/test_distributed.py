@@ -21,7 +21,7 @@ from elmojax.options import options_from_dict
 from elmojax.rundir import restore_params
 from elmojax.runlock import RunLock
 from elmojax.weights import save_weights
-from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, write_corpus
+from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, train_argv, write_corpus
 
 #: what every process reports alike; tokens_per_s and compile_s are timings
 SHARED_METRICS = ("step", "tokens", "train_perplexity", "loss_forward", "loss_backward", "grad_norm")
@@ -80,24 +80,8 @@ def corpus(tmp_path_factory):
 
 def train_command(corpus, run, steps: int) -> list[str]:
     root, train_glob, vocab = corpus
-    return [
-        "train",
-        "--options-file",
-        str(root / "options.json"),
-        "--train-prefix",
-        train_glob,
-        "--vocab-file",
-        vocab,
-        "--save-dir",
-        str(run),
-        "--max-steps",
-        str(steps),
-        "--checkpoint-every",
-        "2",
-        "--log-every",
-        "1",
-        "--no-progress",
-    ]
+    extra = ("--max-steps", str(steps), "--checkpoint-every", "2", "--log-every", "1")
+    return train_argv(root / "options.json", train_glob, vocab, run, *extra)
 
 
 def final_metrics(results: list[subprocess.CompletedProcess]) -> list[dict]:

@@ -21,7 +21,7 @@ from elmojax.options import options_from_dict
 from elmojax.rundir import checkpoint_manager, restore_params
 from elmojax.train import TrainConfig, train
 from elmojax.weights import save_weights
-from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, write_corpus
+from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, train_argv, write_corpus
 
 KILL_STEPS = 40
 
@@ -202,23 +202,7 @@ def test_unwritable_output_is_reported_before_work(setup, tmp_path, capsys):
     root, train_glob, vocab, _ = setup
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert (
-        main(
-            [
-                "train",
-                "--options-file",
-                str(root / "options.json"),
-                "--train-prefix",
-                train_glob,
-                "--vocab-file",
-                vocab,
-                "--save-dir",
-                str(blocker / "run"),
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    assert main(train_argv(root / "options.json", train_glob, vocab, blocker / "run")) == 2
     err = capsys.readouterr().err
     assert "cannot create output directory" in err and "file/run" in err and "Traceback" not in err
 

@@ -19,7 +19,7 @@ from elmojax.errors import ElmoError
 from elmojax.options import options_from_dict
 from elmojax.runlock import LOCK_NAME, RunLock
 from elmojax.train import TrainConfig, train
-from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, write_corpus
+from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, train_argv, write_corpus
 
 HOLD_LOCK = (
     "import sys, time; from elmojax.runlock import RunLock; "
@@ -38,21 +38,8 @@ def corpus(tmp_path_factory):
 
 def train_args(corpus, run, steps=1):
     root, train_glob, vocab, _ = corpus
-    return [
-        "train",
-        "--options-file",
-        str(root / "options.json"),
-        "--train-prefix",
-        train_glob,
-        "--vocab-file",
-        vocab,
-        "--save-dir",
-        str(run),
-        "--max-steps",
-        str(steps),
-        "--no-progress",
-        "--no-compilation-cache",
-    ]
+    extra = ("--max-steps", str(steps), "--no-compilation-cache")
+    return train_argv(root / "options.json", train_glob, vocab, run, *extra)
 
 
 def hold_lock_in_subprocess(run) -> subprocess.Popen:
