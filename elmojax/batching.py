@@ -121,21 +121,19 @@ def assemble_train_batch(
     per_device: list[tuple[np.ndarray, np.ndarray]],
     bucket: int,
     keep: int,
-    first_device: int,
 ) -> dict[str, np.ndarray]:
     """This process's rows of a step: ``table [local_devices * bucket, ...]`` (each device's table
-    padded to ``bucket``), ``index [dirs, local_rows, T]`` into the *global* table (the device of
-    global position ``first_device + d`` owns rows ``[(first_device + d) * bucket, ...)``),
-    ``targets`` and ``mask [dirs, local_rows, T]``."""
+    padded to ``bucket``), ``index [dirs, local_devices, rows, T]`` (each device's rows into its
+    own table, so the lookup never crosses devices), ``targets`` and ``mask [dirs, local_rows, T]``."""
     tables, index = [], []
-    for d, (table, inv) in enumerate(per_device):
+    for table, inv in per_device:
         if keep:
             table = table[:, :keep]
         tables.append(pad_table(table, bucket))
-        index.append(inv + (first_device + d) * bucket)
+        index.append(inv)
     return {
         "table": np.concatenate(tables),
-        "index": np.concatenate(index, axis=1).astype(np.int32),
+        "index": np.stack(index, axis=1).astype(np.int32),
         "targets": np.stack([w.targets for w in windows]).astype(np.int32),
         "mask": np.stack([w.mask for w in windows]),
     }

@@ -168,7 +168,8 @@ def losses(
 ) -> tuple[jax.Array, jax.Array, LSTMState]:
     """Per-direction loss sums ``[2]``, token counts ``[2]`` and the new LSTM states of one batch.
 
-    ``batch``: ``table [U, ...]`` distinct token inputs, ``index [2, B, T]`` into it, ``targets`` and
+    ``batch``: ``table [D * U, ...]`` distinct token inputs of ``D`` devices (or blocks), ``index
+    [2, D, B / D, T]`` into each one's block, ``targets`` and
     ``mask [2, B, T]``; for the sampled softmax also ``sampled [2, S]`` and ``num_tries [2]``.
     Training uses the sampled softmax (when enabled) and dropout; evaluation the full softmax. In a
     sparse step ``params["softmax"]`` holds only the step's rows, which ``target_rows [2, B, T]`` and
@@ -182,7 +183,17 @@ def losses(
         vectors = jnp.take(params["bilm"]["token_embedder"]["embedding"], batch["table"], axis=0)
     else:
         vectors = model.apply(variables, batch["table"], method=BiLM.embed_tokens)  # [U, P]
-    xs = [jnp.take(vectors, batch["index"][d], axis=0) for d in range(N_DIRECTIONS)]  # [B, T, P] each
+    # each device's rows look up its own block of the table: a batched gather over the device
+    # axis, which the partitioner keeps local (a gather with global indices would all-gather
+    # every device's token vectors to every device)
+    index = batch["index"]  # [2, D, rows, T]
+    blocks = vectors.reshape(index.shape[1], -1, vectors.shape[-1])  # [D, bucket, P]
+    if config.mesh is not None:
+        blocks = jax.lax.with_sharding_constraint(blocks, NamedSharding(config.mesh, P("data")))
+    lookup = jax.vmap(lambda table, idx: jnp.take(table, idx, axis=0))
+    xs = [
+        lookup(blocks, index[d]).reshape(-1, *index.shape[3:], blocks.shape[-1]) for d in range(N_DIRECTIONS)
+    ]
     masks = [batch["mask"][d] for d in range(N_DIRECTIONS)]
     outputs, new_lstm = model.apply(
         variables, xs, masks, lstm, deterministic=not train, method=BiLM.lstm, rngs={"dropout": rng}
@@ -401,7 +412,6 @@ class DataParallel:
         self.mesh = Mesh(np.array(devices), ("data",))
         self.n_devices = len(devices)
         self.n_local = sum(d.process_index == jax.process_index() for d in devices)
-        self.first_local = [d.process_index for d in devices].index(jax.process_index())
         self.rows_per_device = rows_per_device
         self.platform = devices[0].platform
         self.global_rows = rows_per_device * self.n_devices
@@ -424,7 +434,7 @@ class DataParallel:
         """The numpy side of :meth:`batch`: no device, no collective, so it can run in a thread.
 
         Each device gets a table of its distinct tokens (padded to a bucket shared by all devices)
-        and indices into the global table. Across processes the bucket is agreed on in
+        and indices into it; no device reads another's table. Across processes the bucket is agreed on in
         :meth:`place` (the arrays are assembled there then), since every process must compile the
         same shapes; a fixed table size needs no agreement.
         """
@@ -433,7 +443,7 @@ class DataParallel:
         per_device, bucket, keep = train_arrays(windows, self.n_local, self.rows_per_device, width, fixed)
         if jax.process_count() > 1 and fixed is None:
             return HostBatch(None, (windows, per_device, bucket, keep))
-        return HostBatch(assemble_train_batch(windows, per_device, bucket, keep, self.first_local))
+        return HostBatch(assemble_train_batch(windows, per_device, bucket, keep))
 
     def place(self, host: HostBatch, negatives: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
         """Device arrays of one step from :meth:`host_batch`'s; ``negatives`` (the sampled softmax's
@@ -443,7 +453,7 @@ class DataParallel:
             windows, per_device, bucket, keep = host.pending
             agreed = multihost_utils.process_allgather(np.array([bucket, keep])).max(0)
             bucket, keep = (int(v) for v in agreed)
-            arrays = assemble_train_batch(windows, per_device, bucket, keep, self.first_local)
+            arrays = assemble_train_batch(windows, per_device, bucket, keep)
         by_rows = P(None, "data")
         batch = {
             "table": self.put(arrays["table"], P("data")),

@@ -35,11 +35,25 @@ class Dot:
         return jnp.dot(a, b, precision=self.precision, preferred_element_type=jnp.float32)
 
     def nt(self, a: Array, b: Array) -> Array:
-        """``a @ b.T`` for 2-D operands, without materialising the transpose."""
+        """``a [..., k] @ b[n, k].T -> [..., n]``, without materialising the transpose."""
         return jax.lax.dot_general(
             self.cast(a),
             self.cast(b),
-            (((1,), (1,)), ((), ())),
+            (((a.ndim - 1,), (1,)), ((), ())),
+            precision=self.precision,
+            preferred_element_type=jnp.float32,
+        )
+
+    def tn(self, a: Array, b: Array) -> Array:
+        """``a [..., m]``, ``b [..., n]`` -> ``[m, n]``: the sum over all leading positions of the
+        outer products (a weight gradient). The leading axes are contracted as they are, never
+        merged by a reshape: one of them may be sharded (the batch), and merging it with another
+        would make the partitioner gather the whole array onto every device."""
+        lead = tuple(range(a.ndim - 1))
+        return jax.lax.dot_general(
+            self.cast(a),
+            self.cast(b),
+            ((lead, lead), ((), ())),
             precision=self.precision,
             preferred_element_type=jnp.float32,
         )

@@ -38,8 +38,9 @@ def _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot, keep_resi
     # laid out time-major so the loop reads contiguous [B, 4H] slices
     xws, loop_weights = [], []
     for x, (w, b, w_p) in zip(xs, weights, strict=True):
-        t, batch, n_in = x.shape
-        xws.append(dot(x.reshape(t * batch, n_in), w[:n_in]).reshape(t, batch, -1))
+        n_in = x.shape[-1]
+        # [T, B, in] @ [in, 4H] without merging T and B (see Dot.tn): B may be sharded
+        xws.append(dot(x, w[:n_in]))
         # the recurrent half, sliced (and cast to the compute dtype) once outside the loop
         loop_weights.append((dot.cast(w[n_in:]), b, dot.cast(w_p)))
 
@@ -124,14 +125,13 @@ def _lstm_bwd(cell_clip, proj_clip, dot, saved, grads):
     carries, outs = jax.lax.scan(step, init, tuple(zip(d_ys, masks, res, strict=True)), reverse=True)
     d_xs, d_weights = [], []
     for x, (w, _, _), (dz, d_hraw), r in zip(xs, weights, outs, res, strict=True):
-        t, batch, n_in = x.shape
+        n_in = x.shape[-1]
         mid, h_prev = r[3], r[4]
-        dz = dz.reshape(t * batch, -1)
-        xh = jnp.concatenate([x, h_prev], axis=-1).reshape(t * batch, -1)
-        d_w = dot(xh.T, dz)  # [in + P, 4H], W_0's layout
-        db = jnp.sum(dz, axis=0)
-        d_xs.append(dot.nt(dz, w[:n_in]).reshape(t, batch, n_in))
-        d_wp = dot(mid.reshape(t * batch, -1).T, d_hraw.reshape(t * batch, -1))
+        xh = jnp.concatenate([x, h_prev], axis=-1)  # [T, B, in + P]
+        d_w = dot.tn(xh, dz)  # [in + P, 4H], W_0's layout
+        db = jnp.sum(dz, axis=(0, 1))
+        d_xs.append(dot.nt(dz, w[:n_in]))
+        d_wp = dot.tn(mid, d_hraw)
         d_weights.append((d_w, db, d_wp))
     d_c0s = tuple(c[0] for c in carries)
     d_h0s = tuple(c[1] for c in carries)

@@ -82,7 +82,7 @@ def main() -> None:
         def host() -> None:
             windows = next(s)
             per_device, bucket, keep = train_arrays(windows, args.devices, rows, width)
-            assemble_train_batch(windows, per_device, bucket, keep, 0)
+            assemble_train_batch(windows, per_device, bucket, keep)
 
         results["host_s"] = timed(host)
         tokens = rows * args.devices * unroll
