@@ -14,6 +14,7 @@ table :data:`elmojax.outputs.OUTPUT_FORMATS`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections import deque
@@ -68,13 +69,14 @@ class Embedder:
         self.batch_size = batch_size
         self.stateful = stateful
         # full float32 matmuls by default: embeddings are compared against references
-        self.model = BiLM(options, numerics or Numerics(precision="highest"))
+        numerics = numerics or Numerics(precision="highest")
         if options.char_cnn is not None:
             self._batcher: Batcher | TokenBatcher = Batcher(options.char_cnn.max_characters_per_token, vocab)
             self._max_width: int | None = options.char_cnn.max_width
         else:
             self._batcher, self._max_width = TokenBatcher(vocab), None
         devices = list(devices) if devices is not None else jax.local_devices()
+        self.model = BiLM(options, dataclasses.replace(numerics, sharded_batch=len(devices) > 1))
         self.mesh = Mesh(np.array(devices), ("data",))
         self.n_devices = len(devices)
         self._rows = NamedSharding(self.mesh, P("data"))

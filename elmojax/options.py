@@ -337,6 +337,7 @@ class Numerics:
     param_dtype: str = "float32"
     precision: str | None = None
     kernels: str = "xla"
+    sharded_batch: bool = False  # set by the trainer and the Embedder when the batch spans devices
 
     def __post_init__(self):
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -357,4 +358,4 @@ class Numerics:
         """The :class:`~elmojax.kernels.dot.Dot` every matmul and convolution of the model uses."""
         from elmojax.kernels.dot import Dot  # jax stays out of the options module's imports
 
-        return Dot(self.precision, self.compute_dtype)
+        return Dot(self.precision, self.compute_dtype, self.sharded_batch)

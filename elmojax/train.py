@@ -144,7 +144,8 @@ class StepConfig:
 
     @property
     def model(self) -> BiLM:
-        return BiLM(self.options, self.numerics)
+        sharded = self.mesh is not None and self.mesh.devices.size > 1
+        return BiLM(self.options, dataclasses.replace(self.numerics, sharded_batch=sharded))
 
     @property
     def sample_softmax(self) -> bool:
@@ -187,13 +188,15 @@ def losses(
     # axis, which the partitioner keeps local (a gather with global indices would all-gather
     # every device's token vectors to every device)
     index = batch["index"]  # [2, D, rows, T]
-    blocks = vectors.reshape(index.shape[1], -1, vectors.shape[-1])  # [D, bucket, P]
-    if config.mesh is not None:
-        blocks = jax.lax.with_sharding_constraint(blocks, NamedSharding(config.mesh, P("data")))
-    lookup = jax.vmap(lambda table, idx: jnp.take(table, idx, axis=0))
-    xs = [
-        lookup(blocks, index[d]).reshape(-1, *index.shape[3:], blocks.shape[-1]) for d in range(N_DIRECTIONS)
-    ]
+    if index.shape[1] == 1:  # one device: a plain lookup
+        xs = [jnp.take(vectors, index[d, 0], axis=0) for d in range(N_DIRECTIONS)]
+    else:
+        blocks = vectors.reshape(index.shape[1], -1, vectors.shape[-1])  # [D, bucket, P]
+        if config.mesh is not None:
+            blocks = jax.lax.with_sharding_constraint(blocks, NamedSharding(config.mesh, P("data")))
+        lookup = jax.vmap(lambda table, idx: jnp.take(table, idx, axis=0))
+        n_rows, steps = index.shape[1] * index.shape[2], index.shape[3]
+        xs = [lookup(blocks, index[d]).reshape(n_rows, steps, -1) for d in range(N_DIRECTIONS)]
     masks = [batch["mask"][d] for d in range(N_DIRECTIONS)]
     outputs, new_lstm = model.apply(
         variables, xs, masks, lstm, deterministic=not train, method=BiLM.lstm, rngs={"dropout": rng}

@@ -40,7 +40,7 @@ def _lstm_run(xs, masks, c0s, h0s, weights, cell_clip, proj_clip, dot, keep_resi
     for x, (w, b, w_p) in zip(xs, weights, strict=True):
         n_in = x.shape[-1]
         # [T, B, in] @ [in, 4H] without merging T and B (see Dot.tn): B may be sharded
-        xws.append(dot(x, w[:n_in]))
+        xws.append(dot.last(x, w[:n_in]))
         # the recurrent half, sliced (and cast to the compute dtype) once outside the loop
         loop_weights.append((dot.cast(w[n_in:]), b, dot.cast(w_p)))
 
@@ -130,7 +130,7 @@ def _lstm_bwd(cell_clip, proj_clip, dot, saved, grads):
         xh = jnp.concatenate([x, h_prev], axis=-1)  # [T, B, in + P]
         d_w = dot.tn(xh, dz)  # [in + P, 4H], W_0's layout
         db = jnp.sum(dz, axis=(0, 1))
-        d_xs.append(dot.nt(dz, w[:n_in]))
+        d_xs.append(dot.last(dz, w[:n_in].T))
         d_wp = dot.tn(mid, d_hraw)
         d_weights.append((d_w, db, d_wp))
     d_c0s = tuple(c[0] for c in carries)
