@@ -704,14 +704,15 @@ def _train_locked(
                 m = jax.device_get(metrics)
                 now = time.time()
                 tokens_done += tokens_since
+                tokens_per_s = tokens_since / max(now - t_last, 1e-9)
                 last = {
                     "step": step,
                     "tokens": tokens_done,
                     "train_perplexity": float(np.exp(min(m["loss"], 50.0))),
                     "loss_forward": float(m["loss_forward"]),
                     "loss_backward": float(m["loss_backward"]),
-                    "tokens_per_s": tokens_since / max(now - t_last, 1e-9),
-                    "model_tflops_per_s": tokens_since / max(now - t_last, 1e-9) * flops_per_token / 1e12,
+                    "tokens_per_s": tokens_per_s,
+                    "model_tflops_per_s": tokens_per_s * flops_per_token / 1e12,
                     "grad_norm": float(m["grad_norm"]),
                     "learning_rate": t.learning_rate,
                     "compile_s": round(compile_s, 3),

@@ -32,6 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CONFIGS = ROOT / "experiments" / "configs"
+sys.path.insert(0, str(HERE))
+from train_throughput import make_corpus  # noqa: E402  (the benches' one synthetic corpus)
+
 NUMERIC_TESTS = [
     "tests/test_model.py",
     "tests/test_softmax.py",
@@ -74,25 +77,6 @@ t = time.perf_counter(); out = list(embedder.embed_sentences(sentences, batch_si
 jax.block_until_ready(out[-1]); dt = time.perf_counter() - t
 print("CHECK " + json.dumps({"tokens_per_s": sum(len(s) for s in sentences) / dt, "first_pass_s": warm}))
 """
-
-
-def make_corpus(directory: Path, vocab_size: int, n_sentences: int, seed: int = 0) -> None:
-    """Zipf-distributed random words, sentences of 5-29 tokens; the vocabulary sorted by count."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    words = ["".join(rng.choice(letters, size=rng.integers(2, 11))) for _ in range(vocab_size)]
-    p = 1.0 / np.arange(1, vocab_size + 1)
-    counts: dict[str, int] = {}
-    with open(directory / "train.txt", "w") as f:
-        for _ in range(n_sentences):
-            toks = [words[i] for i in rng.choice(vocab_size, size=rng.integers(5, 30), p=p / p.sum())]
-            for tok in toks:
-                counts[tok] = counts.get(tok, 0) + 1
-            f.write(" ".join(toks) + "\n")
-    vocab = ["<S>", "</S>", "<UNK>"] + sorted(counts, key=lambda w: (-counts[w], w))
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
 
 
 def child(code: str, args: list[str], timeout: float, xla_flags: str = "") -> dict:

@@ -29,7 +29,7 @@ from elmojax.train import DataParallel, StepConfig, init_state, jit_train_step
 from elmojax.vocab import Batcher, Vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accelerator_check import CONFIGS, make_corpus  # noqa: E402
+from train_throughput import CONFIGS, make_corpus  # noqa: E402
 
 
 def setup(options, corpus: Path, vocab_file: Path, sparse: bool, steps: int):
