@@ -4,11 +4,11 @@ The stream figure is bilm-tf's ``run_test.py``: the held-out files are read once
 streams whose LSTM states carry from window to window; the loss is the full-softmax cross-entropy
 of each next token. Unlike bilm-tf, the last incomplete batch is not dropped (its unused positions
 are masked, so every target of every sentence counts exactly once), and every row starts from the
-model's start state (:mod:`elmojax.start`, ``warm`` by default) rather than from zeros, so the
+model's start state (:mod:`elmojax.model.start_state`, ``warm`` by default) rather than from zeros, so the
 number of rows changes the speed, not the result, beyond the cross-sentence context a row carries.
 
 The per-sentence figure scores each sentence on its own from that same start state, as the
-stateless :class:`~elmojax.embed.Embedder` sees it: the figure that matters for embeddings.
+stateless :class:`~elmojax.embed.embedder.Embedder` sees it: the figure that matters for embeddings.
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from elmojax.batching import bucket_time
-from elmojax.data import BidirectionalStream, SentenceStream, sentence_windows
+from elmojax.data.batches import bucket_time
+from elmojax.data.chars import Batcher
+from elmojax.data.streams import BidirectionalStream, SentenceStream, resolve_files, sentence_windows
+from elmojax.data.vocab import TokenBatcher, Vocabulary
 from elmojax.errors import ElmoError
-from elmojax.options import N_DIRECTIONS, Numerics
-from elmojax.rundir import load_run, restore_params
-from elmojax.start import rows_state, start_state
-from elmojax.train import DataParallel, StepConfig, jit_eval_step
-from elmojax.vocab import Batcher, TokenBatcher, Vocabulary
+from elmojax.model.numerics import Numerics
+from elmojax.model.start_state import rows_state, start_state
+from elmojax.options import N_DIRECTIONS
+from elmojax.parallel import DataParallel
+from elmojax.train.checkpoints import load_run, restore_params
+from elmojax.train.step import StepConfig, jit_eval_step
 
 
 def evaluate(
@@ -49,22 +52,23 @@ def evaluate(
     ``numerics`` sets the compute dtype (e.g. ``Numerics(compute_dtype="bfloat16")``).
     """
     options, vocab = load_run(save_dir)
+    resolve_files(test_prefix, arg="test_prefix")
     if vocab_file is not None:
         given = Vocabulary.from_file(vocab_file)
         if given.tokens != vocab.tokens:
             raise ElmoError(
                 f"{vocab_file}: differs from the vocabulary the run was trained with ({vocab.source}); "
-                "evaluation needs the training vocabulary (or leave --vocab-file out)"
+                "evaluation needs the training vocabulary (or leave `vocab_file` out)"
             )
     options.check_trainable()
     n_dev = len(devices) if devices is not None else jax.device_count()
     rows_per_device = options.training.batch_size
     if batch_size is not None:
         if batch_size < 1:
-            raise ElmoError(f"--batch-size must be >= 1, found {batch_size}")
+            raise ElmoError(f"`batch_size` must be >= 1, found {batch_size}")
         rows_per_device = -(-batch_size // n_dev)
     par = DataParallel(rows_per_device, devices)
-    config = StepConfig(options, len(vocab), numerics=numerics or Numerics())
+    config = StepConfig(options, len(vocab), numerics=numerics or Numerics(), mesh=par.mesh)
     params, step = restore_params(save_dir)
     batcher = Batcher(options.char_cnn.max_characters_per_token, vocab) if options.char_cnn else None
     start_lstm = start_state(config.model, {"params": params["bilm"]}, start, batcher or TokenBatcher(vocab))

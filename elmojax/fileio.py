@@ -2,14 +2,17 @@
 
 Input: :func:`read_text_lines` decodes a UTF-8 file one physical line at a time, so invalid bytes
 are reported with their line and byte offset (or replaced on request). Output: files are written
-under a temporary name in the same directory, then renamed; a crash or ``kill -9`` in the middle of
-a write leaves the previous file (or nothing) under the final name, never a half-written one.
+under a temporary name in the same directory, then renamed; a crash, ``kill -9`` or a full disk in
+the middle of a write leaves the previous file (or nothing) under the final name, never a
+half-written one, and a full disk is one error naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,8 +77,8 @@ def read_text_lines(
                 if errors != "replace":
                     raise InputTextError(
                         f"{path}: line {number}: invalid UTF-8 at byte {e.start} of the line "
-                        f"(byte {offset + e.start} of the file); re-encode the file as UTF-8 or pass "
-                        "--errors replace"
+                        f"(byte {offset + e.start} of the file); re-encode the file as UTF-8 or set "
+                        "`errors` to replace"
                     ) from None
                 text, replaced = raw.decode("utf-8", errors="replace"), True
             offset += len(raw)
@@ -117,9 +120,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full(path) from None
         raise
+
+
+def disk_full(path: Path, detail: str = "") -> ElmoError:
+    """The one-line error for an output that does not fit on its disk."""
+    return ElmoError(
+        f"{path}: the disk is full{detail}; nothing was written under this name (an earlier file there "
+        "is intact). Free some space and run again"
+    )
+
+
+def check_room(path: str | Path, n_bytes: int) -> None:
+    """Raise :func:`disk_full` unless ``path``'s directory has ``n_bytes`` free.
+
+    HDF5 cannot fail a write cleanly (a file it could not write crashes the process when closed),
+    so writers of HDF5 files ask before they write.
+    """
+    path = Path(path)
+    free = shutil.disk_usage(path.parent if str(path.parent) else Path(".")).free
+    if n_bytes > free:
+        raise disk_full(path, f" (about {n_bytes / 2**20:.1f} MiB to write, {free / 2**20:.1f} MiB free)")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, says the disk is full (``ENOSPC`` or a
+    quota), as an ``OSError`` or in the message of a library that reports it as text (h5py,
+    tensorstore)."""
+    for _ in range(10):
+        if error is None:
+            return False
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in ("No space left on device", "Disk quota exceeded")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -23,7 +23,8 @@ N_CHARACTERS_TRAIN = 261  # bilm-tf's table while training, without the padding 
 N_CHARACTERS = 262  # the exported value: +1 row for id 0 = "no token here"
 #: ELMo's layers are ``[forward; backward]``: every model has exactly these two LSTM directions
 N_DIRECTIONS = 2
-#: where a sentence's LSTM states start without a carried state (see elmojax.start); the first is the default
+#: where a sentence's LSTM states start without a carried state (see elmojax.model.start_state);
+#: the first is the default
 START_STATES = ("warm", "zero")
 
 
@@ -86,6 +87,7 @@ class ElmoOptions:
     char_cnn: CharCNNOptions | None = None
     n_tokens_vocab: int | None = None
     training: TrainingOptions = field(default_factory=TrainingOptions)
+    source: str = field(default="options", compare=False, repr=False)  # where the options came from
 
     @property
     def is_char_model(self) -> bool:
@@ -100,6 +102,19 @@ class ElmoOptions:
     def output_dim(self) -> int:
         """Width of one biLM layer's output, ``2P``."""
         return 2 * self.lstm.projection_dim
+
+    def require_vocab_size(self) -> int:
+        """``n_tokens_vocab``; a word-level model without it is an error (its embedding needs the size)."""
+        if self.n_tokens_vocab is None:
+            raise OptionsError(
+                f"{self.source}: key 'n_tokens_vocab' is missing; word-level models (no char_cnn) need the "
+                "vocabulary size: add the key, or give the vocabulary file it comes from"
+            )
+        return self.n_tokens_vocab
+
+    def with_vocab_size(self, n_vocab: int) -> ElmoOptions:
+        """These options with ``n_tokens_vocab`` filled in from a vocabulary when absent."""
+        return self if self.n_tokens_vocab is not None else self.replace(n_tokens_vocab=n_vocab)
 
     def check_trainable(self) -> None:
         """Raise for keys that inference ignores but training cannot honour (checked by train/evaluate)."""
@@ -290,10 +305,10 @@ def options_from_dict(d: Any, source: str = "options") -> ElmoOptions:
         )
     if training.dropout >= 1.0:
         raise r.fail("dropout", f"must be < 1.0, found {training.dropout}")
+    # a word-level model without the key gets it from its vocabulary (train, the Embedder);
+    # what builds the model without one refuses (ElmoOptions.require_vocab_size)
     n_vocab = r.get(d, "n_tokens_vocab", "", int, None, minimum=1)
-    if char_cnn is None and n_vocab is None:
-        raise r.fail("n_tokens_vocab", "is missing; word-level models (no char_cnn) need the vocabulary size")
-    return ElmoOptions(lstm=lstm, char_cnn=char_cnn, n_tokens_vocab=n_vocab, training=training)
+    return ElmoOptions(lstm=lstm, char_cnn=char_cnn, n_tokens_vocab=n_vocab, training=training, source=source)
 
 
 def load_options(path: str | Path) -> ElmoOptions:
@@ -310,52 +325,3 @@ def load_options(path: str | Path) -> ElmoOptions:
     except json.JSONDecodeError as e:
         raise OptionsError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     return options_from_dict(d, source=str(path))
-
-
-# --- numerics ---------------------------------------------------------------------------------
-
-_PRECISIONS = (None, "default", "high", "highest")
-#: matmul/convolution operand dtypes; parameters are always float32
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-@dataclass(frozen=True)
-class Numerics:
-    """How the model computes: one setting that reaches every module and kernel.
-
-    ``compute_dtype`` is the dtype of matmul and convolution operands (``bfloat16``: mixed
-    precision, products accumulated in float32); ``param_dtype`` that of the parameters, float32
-    (and so the optimiser state, gradients and exported weights). The LSTM cell states and their
-    clipping, everything between matmuls, the softmax's log-sum-exp and the loss are float32 in
-    either case. ``precision`` is the float32 matmul precision (``None``: the backend's default,
-    TF32 on recent GPUs; ``"highest"``: full float32), ``kernels`` the implementation of the custom
-    ops, a name in :data:`elmojax.kernels.KERNELS`. Not part of ``options.json``: the same model
-    file can be run with any numerics.
-    """
-
-    compute_dtype: str = "float32"
-    param_dtype: str = "float32"
-    precision: str | None = None
-    kernels: str = "xla"
-    sharded_batch: bool = False  # set by the trainer and the Embedder when the batch spans devices
-
-    def __post_init__(self):
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise OptionsError(
-                f"numerics: compute dtype {self.compute_dtype!r} is not supported; "
-                f"use one of {', '.join(COMPUTE_DTYPES)}"
-            )
-        if self.param_dtype != "float32":
-            raise OptionsError(
-                f"numerics: param dtype {self.param_dtype!r} is not supported; parameters are float32 "
-                "(use compute_dtype for bfloat16 matmuls)"
-            )
-        if self.precision not in _PRECISIONS:
-            raise OptionsError(f"numerics: precision {self.precision!r} is not one of default, high, highest")
-
-    @property
-    def dot(self):
-        """The :class:`~elmojax.kernels.dot.Dot` every matmul and convolution of the model uses."""
-        from elmojax.kernels.dot import Dot  # jax stays out of the options module's imports
-
-        return Dot(self.precision, self.compute_dtype, self.sharded_batch)

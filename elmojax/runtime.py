@@ -23,13 +23,13 @@ def retain_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
 
     XLA's CPU runtime allocates a step's large temporaries afresh on every call; by default glibc
-    serves each from a new ``mmap`` and unmaps it on free, so every step page-faults on hundreds of
-    megabytes again (about 80,000 faults and 6% of a ``small`` training step on 2 cores). With
-    one arena, no ``mmap`` and no trimming, freed blocks are reused and the process stays at its
-    peak resident size, which a dedicated job reaches anyway. Call it before JAX's first
-    computation; later calls are harmless but help less. Only the CPU backend gains: with a GPU,
-    XLA's many compiler threads then contend for the single arena and compiling a ``small`` step
-    went from 35 s to over 85 s on an H200, so it does nothing unless JAX will run on the CPU.
+    serves each from a new ``mmap`` and unmaps it on free, so every step page-faults on its
+    temporaries again. With one arena, no ``mmap`` and no trimming, freed blocks are reused and the
+    process stays at its peak resident size, which a dedicated job reaches anyway. Call it before
+    JAX's first computation; later calls are harmless but help less. Only the CPU backend gains:
+    with a GPU, XLA's many compiler threads then contend for the single arena and compiling takes
+    several times as long, so it does nothing unless JAX will run on the CPU (the README's
+    benchmarks give the figures).
     Returns whether the settings were applied (CPU backend, glibc on Linux only).
     """
     if not sys.platform.startswith("linux") or not _cpu_only():

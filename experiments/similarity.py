@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from elmojax.embed import Embedder
+from elmojax.embed.embedder import Embedder
 
 SENTENCES = {
     "fashion_a": "she wore a long red dress to the party last night".split(),

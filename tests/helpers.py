@@ -80,3 +80,38 @@ def train_argv(options_file, train_glob: str, vocab: str, save_dir, *extra: str)
         "--no-progress",
         *extra,
     ]
+
+
+def embed_argv(input_file, output_file, export, *extra: str) -> list[str]:
+    """``elmojax embed`` arguments for a test export (see the ``tiny_export`` fixture), no progress bar."""
+    return [
+        "embed",
+        str(input_file),
+        str(output_file),
+        "--options-file",
+        str(export.options_file),
+        "--weight-file",
+        str(export.weight_file),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def run_module(module: str, *args: str, devices: int | None = None, timeout: float = 600):
+    """Run ``python -m module args`` from the repository root (a test program in ``tests/multidevice``,
+    or the CLI); ``devices`` simulates that many CPU devices. Returns the completed process."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    if devices is not None:
+        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )

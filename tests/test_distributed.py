@@ -13,15 +13,13 @@ import sys
 import h5py
 import jax
 import numpy as np
-import pytest
 
-from elmojax.embed import Embedder, embed_file
-from elmojax.embedparts import index_path, locate, part_path
-from elmojax.options import options_from_dict
-from elmojax.rundir import restore_params
-from elmojax.runlock import RunLock
-from elmojax.weights import save_weights
-from tests.helpers import ROOT, TRAIN_KEYS, tiny_options_dict, train_argv, write_corpus
+from elmojax.embed.dump import embed_file
+from elmojax.embed.embedder import Embedder
+from elmojax.embed.parts import index_path, locate, part_path
+from elmojax.train.checkpoints import restore_params
+from elmojax.train.runlock import RunLock
+from tests.helpers import ROOT, embed_argv, train_argv
 
 #: what every process reports alike; tokens_per_s and compile_s are timings
 SHARED_METRICS = ("step", "tokens", "train_perplexity", "loss_forward", "loss_backward", "grad_norm")
@@ -70,18 +68,9 @@ def run_processes(command: list[str], n: int = 2, timeout: float = 240) -> list[
     return wait_processes(start_processes(command, n), timeout)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    train_glob, vocab = write_corpus(root / "train")
-    options_from_dict(tiny_options_dict(**TRAIN_KEYS)).save(root / "options.json")
-    return root, train_glob, vocab
-
-
 def train_command(corpus, run, steps: int) -> list[str]:
-    root, train_glob, vocab = corpus
     extra = ("--max-steps", str(steps), "--checkpoint-every", "2", "--log-every", "1")
-    return train_argv(root / "options.json", train_glob, vocab, run, *extra)
+    return train_argv(corpus.options_file, corpus.train, corpus.vocab, run, *extra)
 
 
 def final_metrics(results: list[subprocess.CompletedProcess]) -> list[dict]:
@@ -137,22 +126,17 @@ def read_dump(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         return arrays, json.loads(f["sentence_to_index"][0])
 
 
-def test_two_processes_embed_parts_equal_a_single_process_dump(tiny_options, tiny_params, tmp_path):
-    tiny_options.save(tmp_path / "options.json", for_export=True)
-    save_weights(tiny_params, tiny_options, tmp_path / "w.hdf5")
+def test_two_processes_embed_parts_equal_a_single_process_dump(tiny_export, tmp_path):
     rng = np.random.default_rng(0)
     words = ["the", "cat", "sees", "a", "dog", "river", "."]
     lines = [" ".join(rng.choice(words, size=1 + i % 9)) for i in range(23)]
     lines[15] = lines[14] = lines[3]  # a repeated sentence in each part and across parts
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
-    flags = ["--options-file", str(tmp_path / "options.json"), "--weight-file", str(tmp_path / "w.hdf5")]
-    flags += ["--batch-size", "4", "--no-progress"]
-
     out = tmp_path / "emb.h5"
-    results = run_processes(["embed", str(tmp_path / "in.txt"), str(out), *flags])
+    results = run_processes(embed_argv(tmp_path / "in.txt", out, tiny_export, "--batch-size", "4"))
     for r in results:
         assert r.returncode == 0, r.stderr[-3000:]
-    embedder = Embedder.from_files(tmp_path / "options.json", tmp_path / "w.hdf5", batch_size=4)
+    embedder = Embedder.from_files(tiny_export.options_file, tiny_export.weight_file, batch_size=4)
     embed_file(embedder, tmp_path / "in.txt", tmp_path / "single.h5", batch_size=4)
     single, single_index = read_dump(tmp_path / "single.h5")
 

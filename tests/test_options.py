@@ -30,12 +30,16 @@ def test_training_defaults_are_bilm_tf():
 
 
 def test_word_level_model_needs_vocab_size():
+    """A word-level options file may leave n_tokens_vocab to its vocabulary (train and the Embedder
+    fill it in); building the model without either is refused, naming the file and the key."""
     d = tiny_options_dict()
     del d["char_cnn"]
-    with pytest.raises(OptionsError, match="n_tokens_vocab"):
-        options_from_dict(d, source="w.json")
+    o = options_from_dict(d, source="w.json")
+    with pytest.raises(OptionsError, match="w.json: key 'n_tokens_vocab' is missing; word-level models"):
+        o.require_vocab_size()
+    assert o.with_vocab_size(10).n_tokens_vocab == 10
     o = options_from_dict({**d, "n_tokens_vocab": 10})
-    assert not o.is_char_model and o.n_tokens_vocab == 10
+    assert not o.is_char_model and o.n_tokens_vocab == 10 and o.with_vocab_size(99).n_tokens_vocab == 10
 
 
 @pytest.mark.parametrize(
@@ -109,7 +113,7 @@ def test_tied_softmax_refused_for_training_only(tmp_path):
 
 def test_numerics_accepts_bfloat16_compute_only():
     from elmojax.errors import OptionsError
-    from elmojax.options import Numerics
+    from elmojax.model.numerics import Numerics
 
     assert Numerics(compute_dtype="bfloat16").dot.dtype == "bfloat16"
     with pytest.raises(OptionsError, match="compute dtype 'float16'.*float32, bfloat16"):

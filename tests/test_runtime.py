@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from elmojax.runtime import _cpu_only
+from tests.helpers import train_argv
 
 
 @pytest.mark.parametrize(("platforms", "expected"), [("cpu", True), ("cuda", False), ("tpu,cpu", False)])
@@ -34,32 +35,39 @@ def test_retain_freed_memory_leaves_jax_uninitialised():
     assert out.stdout.strip() == "False"
 
 
-def test_compilation_cache_is_per_user_and_shared(tmp_path):
-    """`elmojax train` fills the per-user cache under XDG_CACHE_HOME (unless told not to), and a
-    second identical run reads it: fewer seconds on the first step of each shape (compile_s)."""
+def test_compilation_cache_is_per_user_and_shared(corpus, tmp_path):
+    """`elmojax train` fills the per-user cache under XDG_CACHE_HOME, and a second identical run
+    reads it: fewer seconds on the first step of each shape (compile_s); with
+    --no-compilation-cache the command line leaves JAX's cache unset."""
     import json
     import os
     import subprocess
     import sys
 
-    from tests.helpers import TRAIN_KEYS, tiny_options_dict, write_corpus
-
-    train_glob, vocab = write_corpus(tmp_path / "corpus" / "train")
-    (tmp_path / "options.json").write_text(json.dumps(tiny_options_dict(**TRAIN_KEYS)))
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
 
     def run(name, *extra):
-        cmd = [sys.executable, "-m", "elmojax", "train", "--options-file", str(tmp_path / "options.json"),
-               "--train-prefix", train_glob, "--vocab-file", vocab, "--save-dir", str(tmp_path / name),
-               "--max-steps", "2", "--no-progress", *extra]  # fmt: skip
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        argv = train_argv(
+            corpus.options_file, corpus.train, corpus.vocab, tmp_path / name, "--max-steps", "2"
+        )
+        r = subprocess.run(
+            [sys.executable, "-m", "elmojax", *argv, *extra], env=env, capture_output=True, text=True
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])["compile_s"]
 
     cache = tmp_path / "xdg" / "elmojax" / "jax"
-    run("off", "--no-compilation-cache")
-    assert not cache.exists()
+    # the flag is read before any work: a command that stops at once shows whether the cache was set
+    code = (
+        "import jax, sys; from elmojax.cli import main; "
+        "main(['evaluate', '--save-dir', sys.argv[1], '--test-prefix', 'x', '--no-compilation-cache']); "
+        "print(jax.config.jax_compilation_cache_dir)"
+    )
+    off = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "none")], env=env, capture_output=True, text=True
+    )
+    assert off.stdout.strip() == "None" and not cache.exists(), off.stderr[-2000:]
     first = run("first")
     assert any(cache.iterdir())
     second = run("second")

@@ -63,9 +63,10 @@ print("CHECK " + json.dumps({"code": code, "peak_bytes": stats.get("peak_bytes_i
 EMBED_CHILD = r"""
 import json, sys, time
 import jax
-from elmojax.embed import Embedder
-from elmojax.model import init_params
-from elmojax.options import Numerics, load_options
+from elmojax.embed.embedder import Embedder
+from elmojax.model.bilm import init_params
+from elmojax.model.numerics import Numerics
+from elmojax.options import load_options
 options_file, text, dtype, batch = sys.argv[1:5]
 options = load_options(options_file)
 sentences = [line.split() for line in open(text) if line.strip()]
@@ -94,7 +95,7 @@ def child(code: str, args: list[str], timeout: float, xla_flags: str = "") -> di
 
 
 def train_row(name: str, options_file: Path, corpus: Path, dtype: str, args, work: Path) -> dict:
-    from elmojax.flops import model_flops, peak_tflops
+    from elmojax.model.flops import model_flops, peak_tflops
     from elmojax.options import load_options
 
     run = work / f"run-{name}-{dtype}"

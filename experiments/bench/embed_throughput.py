@@ -24,9 +24,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from elmojax.embed import Embedder
+from elmojax.embed.embedder import Embedder
+from elmojax.model.weights import load_weights, standard_datasets
 from elmojax.options import load_options
-from elmojax.weights import load_weights, standard_datasets
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -40,11 +40,12 @@ def main() -> None:
     import jax
     from train_throughput import CONFIGS, make_corpus
 
-    from elmojax.batching import assemble_train_batch, train_arrays
-    from elmojax.data import BidirectionalStream
+    from elmojax.data.batches import step_batch
+    from elmojax.data.chars import Batcher
+    from elmojax.data.streams import BidirectionalStream
+    from elmojax.data.vocab import Vocabulary
     from elmojax.options import load_options
-    from elmojax.train import DataParallel
-    from elmojax.vocab import Batcher, Vocabulary
+    from elmojax.parallel import DataParallel
 
     options = load_options(CONFIGS / f"{args.config}.json")
     rows = args.batch_size or options.training.batch_size
@@ -79,18 +80,18 @@ def main() -> None:
         results["stream_s"] = timed(lambda: next(s))
         s = stream()
 
-        def host() -> None:
-            windows = next(s)
-            per_device, bucket, keep = train_arrays(windows, args.devices, rows, width)
-            assemble_train_batch(windows, per_device, bucket, keep)
+        def host(windows):
+            return step_batch(
+                windows, n_local_devices=args.devices, rows_per_device=rows, max_filter_width=width
+            )
 
-        results["host_s"] = timed(host)
+        results["host_s"] = timed(lambda: host(next(s)))
         tokens = rows * args.devices * unroll
         results["host_tokens_per_s"] = tokens / results["host_s"]
         if args.transfer:
             par = DataParallel(rows, jax.devices()[: args.devices])
             s = stream()
-            results["host_and_transfer_s"] = timed(lambda: jax.block_until_ready(par.batch(next(s), options)))
+            results["host_and_transfer_s"] = timed(lambda: jax.block_until_ready(par.place(host(next(s)))))
             results["host_and_transfer_tokens_per_s"] = tokens / results["host_and_transfer_s"]
     print(json.dumps(results, indent=2))
 

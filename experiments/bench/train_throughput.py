@@ -37,12 +37,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elmojax.batching import sample_negatives
-from elmojax.data import BidirectionalStream
+from elmojax.data.chars import Batcher
+from elmojax.data.negatives import sample_negatives
+from elmojax.data.streams import BidirectionalStream
+from elmojax.data.vocab import Vocabulary
 from elmojax.options import load_options, options_from_dict
+from elmojax.parallel import DataParallel
 from elmojax.runtime import retain_freed_memory
-from elmojax.train import DataParallel, StepConfig, init_state, jit_train_step
-from elmojax.vocab import Batcher, Vocabulary
+from elmojax.train.state import init_state
+from elmojax.train.step import StepConfig, jit_train_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -144,12 +147,12 @@ def time_elmojax(options, corpus: Path, steps: int) -> dict:
 
     state = par.put_state(init_state(config, par.global_rows, jax.random.PRNGKey(0)))
     batches = [make_batch(i) for i in range(steps)]
-    shapes = {b["table"].shape for b in batches}
+    shapes = {b.table.shape for b in batches}
     compiled = set()
     t0 = time.perf_counter()
     for b in batches:  # compile every bucketed shape first, so only steady-state steps are timed
-        if b["table"].shape not in compiled:
-            compiled.add(b["table"].shape)
+        if b.table.shape not in compiled:
+            compiled.add(b.table.shape)
             state, m = jit_train_step(state, b, config)
     jax.block_until_ready(state)
     print(f"  compiled {len(compiled)} step shapes in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -183,7 +186,7 @@ def time_train_end_to_end(options, corpus: Path, steps: int, log_every: int = 5)
     Only log intervals in which nothing was compiled count (the first step of each table shape
     compiles); steps and checkpoints are as `elmojax train` runs them, minus the progress bar.
     """
-    from elmojax.train import TrainConfig, train
+    from elmojax.train.loop import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as run:
         config = TrainConfig(

@@ -21,12 +21,15 @@ from pathlib import Path
 
 import jax
 
-from elmojax.batching import sample_negatives
-from elmojax.data import BidirectionalStream
+from elmojax.data.chars import Batcher
+from elmojax.data.negatives import sample_negatives
+from elmojax.data.streams import BidirectionalStream
+from elmojax.data.vocab import Vocabulary
 from elmojax.options import load_options
+from elmojax.parallel import DataParallel
 from elmojax.runtime import retain_freed_memory
-from elmojax.train import DataParallel, StepConfig, init_state, jit_train_step
-from elmojax.vocab import Batcher, Vocabulary
+from elmojax.train.state import init_state
+from elmojax.train.step import StepConfig, jit_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import CONFIGS, make_corpus  # noqa: E402

@@ -24,11 +24,14 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from elmojax.data.vocab import Vocabulary
+from elmojax.model.weights import load_weights
 from elmojax.options import load_options
-from elmojax.rundir import checkpoint_manager
-from elmojax.train import DataParallel, StepConfig, TrainConfig, init_state, prepare_options
-from elmojax.vocab import Vocabulary
-from elmojax.weights import load_weights
+from elmojax.parallel import DataParallel
+from elmojax.train.checkpoints import checkpoint_manager
+from elmojax.train.loop import TrainConfig, prepare_options
+from elmojax.train.state import init_state
+from elmojax.train.step import StepConfig
 
 
 def main() -> None:

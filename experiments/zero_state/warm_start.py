@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elmojax.model import BiLM, LSTMState
-from elmojax.rundir import load_run, restore_params
-from elmojax.vocab import BOS, EOS, Batcher
+from elmojax.data.chars import Batcher
+from elmojax.data.vocab import BOS, EOS
+from elmojax.model.bilm import BiLM, LSTMState
+from elmojax.train.checkpoints import load_run, restore_params
 
 PARAGRAPH = [
     "My fellow citizens , we meet today at a moment of great challenge and great promise .",

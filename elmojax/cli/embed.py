@@ -1,0 +1,90 @@
+"""``elmojax embed``: AllenNLP's ``elmo`` command's flags, one dump or one part per process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from elmojax.cli import flags
+from elmojax.embed.formats import OUTPUT_FORMATS
+from elmojax.errors import ElmoError
+from elmojax.model.numerics import Numerics
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="write contextual embeddings of a text file to HDF5 (as AllenNLP's `elmo` command)",
+        description="Embed INPUT (one whitespace-tokenized sentence a line) into OUTPUT (HDF5): one dataset "
+        "per line named by its 0-based index, plus `sentence_to_index` (JSON).",
+    )
+    p.add_argument("input_file", metavar="INPUT", help="text file, one tokenized sentence a line")
+    p.add_argument("output_file", metavar="OUTPUT", help="HDF5 file to write (written atomically)")
+    flags.flag(p, "--options-file", required=True, help="ELMo options.json")
+    flags.flag(p, "--weight-file", required=True, help="ELMo weights HDF5 (bilm-tf dump_weights layout)")
+    flags.flag(p, "--vocab-file", default=None, help="vocabulary (optional for character models)")
+    fmt = p.add_mutually_exclusive_group()
+    for name, (help_text, _) in OUTPUT_FORMATS.items():
+        fmt.add_argument(f"--{name}", dest="output_format", action="store_const", const=name, help=help_text)
+    p.set_defaults(output_format="all")
+    flags.flag(p, "--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    p.add_argument(
+        "--stateful",
+        action="store_true",
+        help="carry LSTM states from batch to batch row by row, from zeros, as bilm-tf and AllenNLP do "
+        "(default: stateless, each sentence embedded independently from the start state)",
+    )
+    flags.add_start_state(p, "stateless start of every sentence")
+    p.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
+    )
+    flags.add_distributed(
+        p,
+        "each process embeds a contiguous block of lines into OUTPUT's part file "
+        "(emb.h5 -> emb.part-00000-of-00002.h5); process 0 writes the index emb.index.json",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_compute_dtype(p)
+    flags.add_compilation_cache(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ElmoError(f"`batch_size` must be >= 1, found {args.batch_size}")
+    flags.start_distributed(args)
+    from elmojax.embed.dump import embed_file
+    from elmojax.embed.embedder import Embedder
+    from elmojax.embed.parts import embed_file_part, index_path
+
+    embedder = Embedder.from_files(
+        args.options_file,
+        args.weight_file,
+        args.vocab_file,
+        batch_size=args.batch_size,
+        stateful=args.stateful,
+        start_state=args.start_state,
+        numerics=Numerics(compute_dtype=args.compute_dtype, precision="highest"),
+    )
+    kwargs = dict(output_format=args.output_format, batch_size=args.batch_size, errors=args.errors)
+    if not args.distributed:
+        n = embed_file(embedder, args.input_file, args.output_file, progress=not args.no_progress, **kwargs)
+        print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
+        return
+    import jax
+
+    part, n = embed_file_part(
+        embedder,
+        args.input_file,
+        args.output_file,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        progress=not args.no_progress and jax.process_index() == 0,
+        **kwargs,
+    )
+    print(f"wrote embeddings of {n} sentences to {part}", file=sys.stderr)
+    if jax.process_index() == 0:
+        print(f"wrote the index of all parts to {index_path(args.output_file)}", file=sys.stderr)

@@ -1,0 +1,73 @@
+"""Flags shared by several commands, each defined once; bilm-tf's underscore spellings come with them."""
+
+from __future__ import annotations
+
+import argparse
+
+from elmojax.errors import ElmoError
+from elmojax.model.numerics import COMPUTE_DTYPES
+from elmojax.options import START_STATES
+
+
+def flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs) -> None:
+    """Add ``--foo-bar`` together with its bilm-tf spelling ``--foo_bar``."""
+    names = [name, *aliases]
+    underscored = name.replace("-", "_")
+    if name.startswith("--") and underscored[2:] != name[2:]:
+        names.append("--" + underscored[2:])
+    parser.add_argument(*names, **kwargs)
+
+
+def add_start_state(parser: argparse.ArgumentParser, what: str) -> None:
+    flag(
+        parser,
+        "--start-state",
+        choices=START_STATES,
+        default=START_STATES[0],
+        help=f"{what}: the model's warm state (default) or zeros (bilm-tf's and AllenNLP's start)",
+    )
+
+
+def add_compilation_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use the per-user persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/elmojax/jax or ~/.cache/elmojax/jax)",
+    )
+
+
+def add_compute_dtype(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--compute-dtype",
+        choices=COMPUTE_DTYPES,
+        default="float32",
+        help="dtype of matmuls and convolutions (bfloat16: mixed precision for GPUs/TPUs; parameters, "
+        "LSTM cell states and the loss stay float32; default float32)",
+    )
+
+
+def add_distributed(parser: argparse.ArgumentParser, what: str = "") -> None:
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (several hosts; see docs or the README)"
+        + (f"; {what}" if what else ""),
+    )
+    flag(parser, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
+    flag(parser, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
+    flag(parser, "--process-id", type=int, default=None, help="with --distributed: this process's index")
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    given = [
+        f for f in ("coordinator_address", "num_processes", "process_id") if getattr(args, f) is not None
+    ]
+    if not args.distributed:
+        if given:
+            raise ElmoError(f"--{given[0].replace('_', '-')} needs --distributed")
+        return
+    from elmojax.parallel import initialize
+
+    initialize(args.coordinator_address, args.num_processes, args.process_id)

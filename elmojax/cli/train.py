@@ -1,0 +1,77 @@
+"""``elmojax train``: bilm-tf's ``train_elmo.py`` flags; the same command resumes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from elmojax.cli import flags
+from elmojax.errors import ElmoError
+from elmojax.model.numerics import Numerics
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a biLM (resumes when SAVE_DIR already holds a run)",
+        description="Train an ELMo biLM as bilm-tf's train_elmo.py does. Running the same command again "
+        "resumes from the latest checkpoint in --save-dir.",
+    )
+    flags.flag(p, "--options-file", required=True, help="options.json with the model and training keys")
+    flags.flag(
+        p, "--train-prefix", required=True, help="glob of training shards, e.g. 'data/train/shard_*.txt'"
+    )
+    flags.flag(
+        p, "--vocab-file", default=None, help="vocabulary (<S>, </S>, <UNK> first); required for a new run"
+    )
+    flags.flag(
+        p, "--save-dir", required=True, help="run directory: options, vocabulary, checkpoints, metrics"
+    )
+    flags.flag(
+        p,
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps (default: n_epochs * n_train_tokens / tokens per step)",
+    )
+    flags.flag(p, "--init-from", default=None, help="start from a weights HDF5 (continued pre-training)")
+    flags.flag(p, "--seed", type=int, default=0, help="seed for initialisation, shuffling, dropout, sampling")
+    flags.flag(
+        p, "--batch-size", type=int, default=None, help="override batch_size (per device) of the options"
+    )
+    flags.flag(p, "--n-epochs", type=int, default=None, help="override n_epochs of the options")
+    flags.flag(
+        p, "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)"
+    )
+    flags.flag(p, "--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
+    flags.flag(p, "--log-every", type=int, default=10, help="steps between metric lines (default 10)")
+    flags.add_distributed(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_compute_dtype(p)
+    flags.add_compilation_cache(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    flags.start_distributed(args)
+    from elmojax.train import TrainConfig, options_with_overrides, train
+
+    for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ElmoError(f"`{name}` must be >= 1")
+    options = options_with_overrides(args.options_file, batch_size=args.batch_size, n_epochs=args.n_epochs)
+    config = TrainConfig(
+        save_dir=args.save_dir,
+        train_prefix=args.train_prefix,
+        vocab_file=args.vocab_file,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        init_from=args.init_from,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+        numerics=Numerics(compute_dtype=args.compute_dtype),
+    )
+    last = train(options, config)
+    print(json.dumps(last))

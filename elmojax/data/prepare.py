@@ -1,0 +1,215 @@
+"""Corpus preparation: raw text, a CSV/TSV column or a local TFDS dataset -> shards and vocabulary.
+
+``prepare_corpus`` streams its inputs once (:mod:`elmojax.data.readers`), splits them into sentences
+and tokens (:mod:`elmojax.data.tokenize`), shuffles the sentences with a seeded external shuffle
+(random buckets on disk, each shuffled in memory, so the corpus is never held in memory) and writes::
+
+    OUT/train/shard_00000.txt ...    one tokenized sentence a line, tokens separated by one space
+    OUT/heldout/shard_00000.txt ...  the held-out share, same format
+    OUT/vocab.txt                    <S>, </S>, <UNK>, then training tokens by descending count
+    OUT/stats.json                   sentence and token counts, vocabulary size, skipped lines
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from elmojax.data.readers import ReadCounts, ReadOptions, read_dataset, read_files
+from elmojax.data.tokenize import sentences_from_text
+from elmojax.data.vocab import SPECIALS
+from elmojax.errors import ElmoError, InputTextError
+from elmojax.fileio import check_input_file, check_writable_dir
+
+N_BUCKETS = 64  # fixed so that the shuffle depends only on the input and the seed
+
+
+def _write_shards(lines: Iterable[str], directory: Path, per_shard: int) -> tuple[int, int, int, Counter]:
+    """Write ``lines`` into numbered shards; returns (sentences, tokens, shards, token counts)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    n_sent = n_tok = n_shards = 0
+    counter: Counter = Counter()
+    out = None
+    try:
+        for line in lines:
+            if n_sent % per_shard == 0:
+                if out is not None:
+                    out.close()
+                out = open(directory / f"shard_{n_shards:05d}.txt", "w", encoding="utf-8", newline="\n")
+                n_shards += 1
+            out.write(line + "\n")
+            tokens = line.split(" ")
+            counter.update(tokens)
+            n_sent += 1
+            n_tok += len(tokens)
+    finally:
+        if out is not None:
+            out.close()
+    return n_sent, n_tok, n_shards, counter
+
+
+def prepare_corpus(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    column: str | None = None,
+    heldout_fraction: float = 0.01,
+    sentences_per_shard: int = 100_000,
+    seed: int = 0,
+    min_count: int = 1,
+    lowercase: bool = False,
+    tokenized: bool = False,
+    tfds: str | None = None,
+    text_key: str | None = None,
+    tfds_data_dir: str | None = None,
+    errors: str = "strict",
+    progress: bool = False,
+) -> dict:
+    """Tokenize, shuffle and shard ``inputs`` into ``out``; write the vocabulary and ``stats.json``.
+
+    Inputs are read in order: ``.csv``/``.tsv`` files (or any file when ``column`` is given) as
+    tables whose ``column`` holds the text, other files as one paragraph a line; then, with ``tfds``
+    (``NAME[:SPLIT]``), the ``text_key`` feature of a TFDS dataset already on disk. Lines without
+    tokens are skipped and counted. The shuffle and the held-out split depend only on the inputs and
+    ``seed``. Everything is built in a temporary directory inside ``out`` and moved into place at the
+    end, so an interrupted run leaves an earlier preparation intact. Returns the statistics written
+    to ``stats.json``.
+    """
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise ElmoError(f"`heldout_fraction` {heldout_fraction}: must be at least 0 and below 1")
+    if sentences_per_shard < 1:
+        raise ElmoError(f"`sentences_per_shard` {sentences_per_shard}: must be at least 1")
+    if min_count < 1:
+        raise ElmoError(f"`min_count` {min_count}: must be at least 1")
+    if errors not in ("strict", "replace"):
+        raise ElmoError(f"`errors` {errors}: use strict or replace")
+    if not inputs and not tfds:
+        raise ElmoError("give at least one input file or a `tfds` dataset")
+
+    out = check_writable_dir(out)
+    for stale in out.glob(".prepare-tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out / f".prepare-tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        stats = _prepare_into(
+            tmp, inputs, ReadOptions(column, text_key, errors), heldout_fraction, sentences_per_shard,
+            seed, min_count, lowercase, tokenized, tfds, tfds_data_dir, progress,
+        )  # fmt: skip
+        for name in ("train", "heldout"):
+            if (out / name).exists():
+                os.replace(out / name, tmp / f"old-{name}")
+            os.replace(tmp / name, out / name)
+        for name in ("vocab.txt", "stats.json"):
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def _input_texts(
+    inputs: Sequence[str | Path],
+    options: ReadOptions,
+    tfds: str | None,
+    tfds_data_dir: str | None,
+    counts: ReadCounts,
+    progress: bool,
+) -> Iterator[str]:
+    """Every input's texts in order: the files, then the TFDS dataset."""
+    yield from read_files([check_input_file(p) for p in inputs], options, counts, progress)
+    if tfds:
+        yield from read_dataset("tfds", tfds, options, tfds_data_dir, counts, progress)
+
+
+def _prepare_into(
+    tmp: Path,
+    inputs: Sequence[str | Path],
+    read_options: ReadOptions,
+    heldout_fraction: float,
+    sentences_per_shard: int,
+    seed: int,
+    min_count: int,
+    lowercase: bool,
+    tokenized: bool,
+    tfds: str | None,
+    tfds_data_dir: str | None,
+    progress: bool,
+) -> dict:
+    counts = ReadCounts()
+    bucket_dir = tmp / "buckets"
+    bucket_dir.mkdir()
+    buckets = [
+        open(bucket_dir / f"{b:02d}.txt", "w", encoding="utf-8", newline="\n") for b in range(N_BUCKETS)
+    ]
+    rng = np.random.default_rng(seed)
+    draws = np.empty(0, dtype=np.int64)
+    used = 0
+    n_sentences = 0
+    try:
+        for text in _input_texts(inputs, read_options, tfds, tfds_data_dir, counts, progress):
+            sentences = sentences_from_text(text, tokenized=tokenized, lowercase=lowercase)
+            if not sentences:
+                counts.skipped_empty += 1
+                continue
+            for tokens in sentences:
+                if used == len(draws):
+                    draws, used = rng.integers(0, N_BUCKETS, size=65_536), 0
+                buckets[draws[used]].write(" ".join(tokens) + "\n")
+                used += 1
+                n_sentences += 1
+    finally:
+        for f in buckets:
+            f.close()
+    if n_sentences == 0:
+        where = ", ".join(str(p) for p in inputs) or f"`tfds` {tfds}"
+        raise InputTextError(f"{where}: no text found (every line was empty); check the input and `column`")
+
+    n_heldout = int(round(n_sentences * heldout_fraction))
+    if heldout_fraction > 0 and n_sentences >= 2:
+        n_heldout = max(n_heldout, 1)
+    n_heldout = min(n_heldout, n_sentences - 1)
+
+    def shuffled() -> Iterator[str]:
+        for b in range(N_BUCKETS):
+            with open(bucket_dir / f"{b:02d}.txt", encoding="utf-8", newline="\n") as f:
+                lines = f.read().split("\n")[:-1]
+            order = np.random.default_rng([seed, b]).permutation(len(lines))
+            for j in order:
+                yield lines[j]
+
+    stream = shuffled()
+    held = (next(stream) for _ in range(n_heldout))
+    n_held, n_held_tokens, n_held_shards, _ = _write_shards(held, tmp / "heldout", sentences_per_shard)
+    n_train, n_train_tokens, n_train_shards, counter = _write_shards(
+        stream, tmp / "train", sentences_per_shard
+    )
+    shutil.rmtree(bucket_dir)
+
+    for special in SPECIALS:
+        counter.pop(special, None)
+    vocab = [tok for tok, c in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
+    with open(tmp / "vocab.txt", "w", encoding="utf-8", newline="\n") as f:
+        f.write("\n".join([*SPECIALS, *vocab]) + "\n")
+    stats = {
+        "n_train_sentences": n_train,
+        "n_heldout_sentences": n_held,
+        "n_train_tokens": n_train_tokens,
+        "n_heldout_tokens": n_held_tokens,
+        "vocab_size": len(SPECIALS) + len(vocab),
+        "n_train_shards": n_train_shards,
+        "n_heldout_shards": n_held_shards,
+        "n_input_lines": counts.input_lines,
+        "skipped_empty_lines": counts.skipped_empty,
+        "lines_with_replaced_bytes": counts.replaced_lines,
+        "seed": seed,
+        "lowercase": lowercase,
+        "tokenized": tokenized,
+    }
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    return stats

@@ -1,0 +1,364 @@
+"""The training loop: bilm-tf's recipe as a top-to-bottom sequence of named calls.
+
+:func:`train` locks the run directory, settles the options and the vocabulary (new run or
+resume), builds the mesh and the step, opens the data stream, restores the latest checkpoint or
+starts afresh, then steps: batches come from a producer thread (:mod:`elmojax.data.prefetch`),
+metrics go to the writers (:mod:`elmojax.train.metrics`), checkpoints to :mod:`elmojax.train.checkpoints`.
+Running the same command again on the same directory resumes exactly where the last complete
+checkpoint left off, and stops at the same final step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+from tqdm import tqdm
+
+from elmojax import parallel
+from elmojax.data.batches import PendingBatch, StepBatch
+from elmojax.data.chars import Batcher
+from elmojax.data.negatives import sample_negatives
+from elmojax.data.prefetch import Prefetcher
+from elmojax.data.streams import BidirectionalPosition, BidirectionalStream, count_tokens, resolve_files
+from elmojax.data.vocab import Vocabulary
+from elmojax.errors import ElmoError
+from elmojax.fileio import check_writable_dir, is_disk_full
+from elmojax.model.flops import model_flops
+from elmojax.model.numerics import Numerics
+from elmojax.model.weights import load_weights
+from elmojax.options import ElmoOptions, load_options, options_from_dict
+from elmojax.parallel import DataParallel
+from elmojax.train.checkpoints import Checkpointer, check_run_compatible, disk_full_error, load_run
+from elmojax.train.metrics import METRICS_FILE, Meter, open_writers, truncate_metrics
+from elmojax.train.runlock import RunLock
+from elmojax.train.state import TrainState, init_state
+from elmojax.train.step import StepConfig, jit_train_step
+
+#: consecutive non-finite steps after which training stops with an error
+MAX_BAD_STEPS = 10
+#: steps whose host arrays are prepared ahead of the device (see elmojax.data.prefetch)
+PREFETCH_STEPS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to run training; the model and its training keys live in :class:`~elmojax.options.ElmoOptions`.
+
+    ``optimizer`` names one of :data:`elmojax.train.optim.OPTIMIZERS` (bilm-tf's ``adagrad`` by
+    default); ``sparse`` updates the softmax on the rows a step touches only, exact for some
+    optimisers only (:mod:`elmojax.train.optim`).
+    """
+
+    save_dir: str
+    train_prefix: str
+    vocab_file: str | None = None
+    max_steps: int | None = None
+    seed: int = 0
+    init_from: str | None = None
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    progress: bool = True
+    max_bad_steps: int = MAX_BAD_STEPS
+    numerics: Numerics = Numerics()  # e.g. Numerics(compute_dtype="bfloat16")
+    optimizer: str = "adagrad"
+    sparse: bool = True
+
+
+def train(
+    options: ElmoOptions,
+    config: TrainConfig,
+    *,
+    devices: list | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train (or resume) a biLM in ``config.save_dir``; returns the last logged metrics.
+
+    Running again on an existing run directory resumes from its latest complete checkpoint with
+    the exact data position, and stops at the same final step. The directory is locked for the
+    run (:mod:`elmojax.train.runlock`, held by process 0): a second run on it stops at once.
+    ``on_step(step, record)`` is called with every logged record.
+    """
+    save_dir = check_writable_dir(config.save_dir)
+    with run_lock(save_dir):
+        options, vocab = settle_options(options, config, save_dir)
+        par = DataParallel(options.training.batch_size, devices)
+        step_config = StepConfig(
+            options,
+            len(vocab),
+            numerics=config.numerics,
+            mesh=par.mesh,
+            sparse=config.sparse,
+            optimizer=config.optimizer,
+        )
+        stream = training_stream(options, config, vocab, par)
+        ckpt = Checkpointer(save_dir, every=config.checkpoint_every, keep=config.keep_checkpoints)
+        try:
+            state = restore_or_init(ckpt, step_config, par, stream, config, vocab)
+            return run_steps(state, step_config, par, stream, ckpt, config, on_step)
+        except OSError as e:  # metrics, options or vocabulary writes
+            if not is_disk_full(e):
+                raise
+            raise disk_full_error(
+                save_dir, f"writing {e.filename or 'run files'}", ckpt.latest_step()
+            ) from None
+        finally:
+            ckpt.close()
+
+
+@contextlib.contextmanager
+def run_lock(save_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock (process 0 takes it); every process learns of a refusal."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = RunLock(save_dir)
+        except ElmoError as e:
+            error = e
+    # every process learns of process 0's refusal instead of waiting for it in a collective
+    if not all(parallel.all_succeeded(error is None)):
+        raise error or ElmoError(f"{save_dir}: process 0 could not lock the run directory; see its error")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def settle_options(
+    options: ElmoOptions, config: TrainConfig, save_dir: Path
+) -> tuple[ElmoOptions, Vocabulary]:
+    """The run's options and vocabulary: a new run's from the arguments, a resumed run's from its
+    directory (which the arguments must agree with)."""
+    resolve_files(config.train_prefix, arg="train_prefix")  # fail early on a pattern that matches nothing
+    if (save_dir / "options.json").exists():
+        if config.vocab_file is None:
+            saved, vocab = load_run(save_dir)
+        else:
+            vocab = Vocabulary.from_file(config.vocab_file).require_specials()
+            saved = prepare_options(options, config, vocab)
+        check_run_compatible(save_dir, saved)
+        options = saved
+    else:
+        if config.vocab_file is None:
+            raise ElmoError("`vocab_file` is required for a new training run")
+        vocab = Vocabulary.from_file(config.vocab_file).require_specials()
+        options = prepare_options(options, config, vocab)
+    options.check_trainable()
+    return options, vocab
+
+
+def prepare_options(options: ElmoOptions, config: TrainConfig, vocab: Vocabulary) -> ElmoOptions:
+    """Fill the keys bilm-tf derives from the data: ``n_tokens_vocab`` and ``n_train_tokens``."""
+    if options.n_tokens_vocab is not None and options.n_tokens_vocab != len(vocab):
+        print(
+            f"note: n_tokens_vocab {options.n_tokens_vocab} in the options replaced by the vocabulary size "
+            f"{len(vocab)} of {vocab.source}",
+            file=sys.stderr,
+        )
+    options = options.replace(n_tokens_vocab=len(vocab))
+    if options.training.n_train_tokens is None:
+        options = options.replace_training(n_train_tokens=count_tokens(config.train_prefix))
+    return options
+
+
+def training_stream(
+    options: ElmoOptions, config: TrainConfig, vocab: Vocabulary, par: DataParallel
+) -> BidirectionalStream:
+    """This process's rows of both directions' window streams (its slice of the shards)."""
+    batcher = Batcher(options.char_cnn.max_characters_per_token) if options.char_cnn else None
+    return BidirectionalStream(
+        config.train_prefix,
+        vocab,
+        par.local_rows,
+        options.training.unroll_steps,
+        batcher,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def restore_or_init(
+    ckpt: Checkpointer,
+    step_config: StepConfig,
+    par: DataParallel,
+    stream: BidirectionalStream,
+    config: TrainConfig,
+    vocab: Vocabulary,
+) -> TrainState:
+    """The latest readable checkpoint's state (the stream moved to its position), or a fresh
+    state (``init_from``'s biLM weights, if given) with the run's files written."""
+    save_dir = ckpt.save_dir
+    shapes = jax.eval_shape(lambda: init_state(step_config, par.global_rows, jax.random.PRNGKey(0)))
+    restored, latest = ckpt.restore(par.abstract_state(shapes))
+    if restored is not None:
+        stream.load_state_dict(restored["data"]["process"][str(jax.process_index())])
+        if jax.process_index() == 0:  # the only writer: another process rewriting it could drop lines
+            truncate_metrics(save_dir / METRICS_FILE, latest)
+        print(f"resuming {save_dir} from step {latest}", file=sys.stderr)
+        return restored["state"]
+    options = step_config.options
+    init = load_weights(config.init_from, options) if config.init_from else None
+    state = par.put_state(init_state(step_config, par.global_rows, jax.random.PRNGKey(config.seed), init))
+    if jax.process_index() == 0:
+        options.save(save_dir / "options.json")
+        vocab.save(save_dir / "vocab.txt")
+        (save_dir / METRICS_FILE).unlink(missing_ok=True)
+    return state
+
+
+class BatchProducer:
+    """The producer of the prefetch thread: the next step's batch and the stream position after it.
+
+    The thread is the only user of the stream once training starts. The negatives are a pure
+    function of (seed, step), so a resumed run draws the same ones. With one process the batch is
+    placed on the devices here too (the copies overlap the step); several processes must agree on
+    table shapes through a collective, which stays in the loop's thread (:meth:`DataParallel.place`).
+    """
+
+    def __init__(
+        self, stream: BidirectionalStream, par: DataParallel, config: StepConfig, seed: int, step: int
+    ):
+        self.stream, self.par, self.config, self.seed, self.step = stream, par, config, seed, step
+        self.place_ahead = jax.process_count() == 1
+
+    def __call__(self) -> tuple[StepBatch | PendingBatch, BidirectionalPosition]:
+        options = self.config.options
+        negatives = None
+        if self.config.sample_softmax:
+            n_sampled = options.training.n_negative_samples_batch
+            negatives = sample_negatives(self.seed, self.step, self.config.n_vocab, n_sampled)
+        host = self.par.host_batch(next(self.stream), options, negatives)
+        self.step += 1
+        return (self.par.place(host) if self.place_ahead else host), self.stream.position()
+
+
+class Preemption:
+    """Turns SIGTERM/SIGINT into a flag the loop checks, so a checkpoint can be written first."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Preemption:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def total_steps(options: ElmoOptions, config: TrainConfig, global_rows: int) -> int:
+    """``max_steps``, else bilm-tf's ``n_epochs * n_train_tokens / tokens per step``."""
+    t = options.training
+    return config.max_steps or max(1, int(t.n_epochs * t.n_train_tokens / (global_rows * t.unroll_steps)))
+
+
+def run_steps(
+    state: TrainState,
+    step_config: StepConfig,
+    par: DataParallel,
+    stream: BidirectionalStream,
+    ckpt: Checkpointer,
+    config: TrainConfig,
+    on_step: Callable[[int, dict], None] | None,
+) -> dict:
+    """Step from ``state`` to the last step: log, checkpoint, stop on a signal or on bad steps."""
+    options, t = step_config.options, step_config.options.training
+    start, last_step = int(state.step), total_steps(options, config, par.global_rows)
+    flops_per_token = model_flops(
+        options, sampled=step_config.sample_softmax, n_vocab=step_config.n_vocab
+    ).training
+    primary = jax.process_index() == 0
+    if primary:
+        print(
+            f"model: {flops_per_token / 1e9:.3f} GFLOP per token per training step (bilm-tf's count); "
+            f"{par.n_devices} device(s), {par.global_rows} rows, "
+            f"compute dtype {config.numerics.compute_dtype}",
+            file=sys.stderr,
+        )
+    meter = Meter(start, par.global_rows * t.unroll_steps, flops_per_token, t.learning_rate)
+    position = stream.position()  # the stream position that belongs with `state`
+    compiled: set[tuple[int, ...]] = set()
+    last: dict = {}
+    producer = BatchProducer(stream, par, step_config, config.seed, start)
+    bar = tqdm(total=last_step, initial=start, disable=not config.progress or not primary, unit="step",
+               dynamic_ncols=True)  # fmt: skip
+    with (
+        bar,
+        Preemption() as preempt,
+        open_writers(ckpt.save_dir, primary=primary) as writers,
+        Prefetcher(producer, depth=PREFETCH_STEPS, name="elmojax-train-batches") as batches,
+    ):
+        for step in range(start + 1, last_step + 1):
+            batch, next_position = next(batches)
+            if not producer.place_ahead:
+                batch = par.place(batch)
+            if batch.table.shape in compiled:
+                state, metrics = jit_train_step(state, batch, step_config)
+            else:  # a new table shape: compiled now (or read from the persistent cache)
+                t_compile = time.time()
+                state, metrics = jax.block_until_ready(jit_train_step(state, batch, step_config))
+                meter.compile_s += time.time() - t_compile
+                compiled.add(batch.table.shape)
+            position = next_position
+            meter.step_done()
+            if step % config.log_every == 0 or step == last_step or step == start + 1:
+                last = meter.record(step, jax.device_get(metrics))
+                writers.write(last)
+                bar.set_postfix(ppl=f"{last['train_perplexity']:.1f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                if on_step is not None:
+                    on_step(step, last)
+                check_bad_steps(state, step, config, ckpt)
+            bar.update(1)
+            # reading bad_steps waits for the step; only where a checkpoint is due, so the loop
+            # otherwise queues the next step while this one runs
+            if ckpt.due(step) and int(state.bad_steps) == 0:
+                ckpt.save(step, state, position.to_dict())
+            if preempt.signal is not None:
+                ckpt.save(step, state, position.to_dict(), force=True)
+                print(
+                    f"stopped by signal {preempt.signal} at step {step}; checkpoint saved. Run the same "
+                    "command again to resume.",
+                    file=sys.stderr,
+                )
+                return {**last, "preempted": True, "step": step}
+        ckpt.save(int(state.step), state, position.to_dict(), force=True)
+    return last
+
+
+def check_bad_steps(state: TrainState, step: int, config: TrainConfig, ckpt: Checkpointer) -> None:
+    """Stop when ``max_bad_steps`` consecutive steps had a non-finite loss or gradient."""
+    bad = int(state.bad_steps)
+    if bad >= config.max_bad_steps:
+        raise ElmoError(
+            f"{ckpt.save_dir}: {bad} consecutive steps up to step {step} had a non-finite loss or "
+            f"gradient; stopped, the last good checkpoint is step {ckpt.latest_step()}. Lower "
+            "learning_rate or check the data"
+        )
+
+
+def options_with_overrides(path: str | Path, **training: Any) -> ElmoOptions:
+    """Load options and override training keys given on the command line (None = keep)."""
+    options = load_options(path)
+    changes = {k: v for k, v in training.items() if v is not None}
+    if changes:
+        options = options_from_dict({**options.to_dict(), **changes}, source=str(path))
+    return options

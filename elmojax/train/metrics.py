@@ -1,0 +1,127 @@
+"""Training metrics: one record per logged step, written through one interface to every backend.
+
+A record is a flat dict of numbers with its ``step``: the per-direction losses, train perplexity,
+tokens/s, model TFLOP/s, gradient norm, learning rate and compile seconds. :class:`Meter` makes
+the records; a :class:`MetricsWriter` writes them (``metrics.jsonl`` here; another backend is one
+more writer). Only process 0 writes. A resumed run first drops what was logged after the
+checkpoint it resumes from (:func:`truncate_metrics`), so no step is logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from elmojax.fileio import atomic_write_text
+
+#: the file of a run directory that holds one JSON record a line
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter(Protocol):
+    """Where metric records go."""
+
+    def write(self, record: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlWriter:
+    """Records appended to ``metrics.jsonl``, one JSON object a line, flushed as written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Writers:
+    """Several writers as one (none at all on processes other than 0)."""
+
+    def __init__(self, writers: Sequence[MetricsWriter]):
+        self.writers = list(writers)
+
+    def write(self, record: dict) -> None:
+        for w in self.writers:
+            w.write(record)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+    def __enter__(self) -> Writers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_writers(save_dir: Path, *, primary: bool) -> Writers:
+    """The writers of a run directory: ``metrics.jsonl`` on the primary process, nothing elsewhere."""
+    if not primary:
+        return Writers([])
+    return Writers([JsonlWriter(save_dir / METRICS_FILE)])
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after ``step`` (the checkpoint a run resumes from: logged again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue  # a line cut by a kill
+    atomic_write_text(path, "".join(f"{x}\n" for x in keep))
+
+
+class Meter:
+    """Makes the metric records of a run: throughput over each logging interval, and totals.
+
+    ``tokens_per_step`` counts tokens as bilm-tf counts ``n_train_tokens`` (rows x unroll steps);
+    ``flops_per_token`` is the model's count (:mod:`elmojax.model.flops`).
+    """
+
+    def __init__(self, start_step: int, tokens_per_step: int, flops_per_token: float, learning_rate: float):
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.learning_rate = learning_rate
+        self.tokens = start_step * tokens_per_step
+        self.compile_s = 0.0  # first step of each table shape, compilation included
+        self._since = 0
+        self._t_last = time.time()
+
+    def step_done(self) -> None:
+        self._since += self.tokens_per_step
+
+    def record(self, step: int, metrics: dict) -> dict:
+        """The record of ``step`` from the step's (host) metrics; restarts the interval."""
+        now = time.time()
+        self.tokens += self._since
+        tokens_per_s = self._since / max(now - self._t_last, 1e-9)
+        self._t_last, self._since = now, 0
+        return {
+            "step": step,
+            "tokens": self.tokens,
+            "train_perplexity": float(np.exp(min(float(metrics["loss"]), 50.0))),
+            "loss_forward": float(metrics["loss_forward"]),
+            "loss_backward": float(metrics["loss_backward"]),
+            "tokens_per_s": tokens_per_s,
+            "model_tflops_per_s": tokens_per_s * self.flops_per_token / 1e12,
+            "grad_norm": float(metrics["grad_norm"]),
+            "learning_rate": self.learning_rate,
+            "compile_s": round(self.compile_s, 3),
+        }

@@ -1,0 +1,122 @@
+"""Row-sparse updates: a step differentiates and updates only the softmax rows it touches.
+
+A sampled-softmax step reads the rows of its targets and negatives, a word-level model's step the
+rows of its tokens: a few thousand of a vocabulary's ``V``. :func:`sparse_view` gathers those rows
+(of the parameters, and of the optimiser state that mirrors them) and re-indexes the batch into
+them; the step differentiates, clips and updates the view, and :func:`scatter_view` writes the
+rows back. Each row appears once, so its gradient is the sum over its uses, as TensorFlow sums
+``IndexedSlices`` before a sparse update. This equals the dense update only for optimisers that
+are elementwise and leave a row without gradient untouched (:mod:`elmojax.train.optim` says which).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from elmojax.data.batches import StepBatch
+
+#: parameters that a step touches only a few rows of: the softmax, a word-level token embedding
+SOFTMAX_W, SOFTMAX_B = ("softmax", "W"), ("softmax", "b")
+WORD_EMBEDDING = ("bilm", "token_embedder", "embedding")
+
+#: sparse updates are used when a step's row ids number at most this fraction of the vocabulary:
+#: a row set about the size of the vocabulary saves nothing and costs a sort and a scatter
+SPARSE_FRACTION = 0.25
+
+
+class SoftmaxRows(NamedTuple):
+    """Where a sparse step finds each target and each negative among its softmax rows."""
+
+    targets: jax.Array  # [2, B, T]
+    sampled: jax.Array  # [2, S]
+
+
+class SparseView(NamedTuple):
+    """What a sparse step reads instead of full parameters.
+
+    ``rows`` maps a parameter path to the row ids taken (``[R]``, padded with out-of-range ids);
+    ``softmax`` locates the batch's targets and negatives among the softmax rows (None: dense
+    softmax); ``embedding`` says the batch's token table indexes the word embedding's rows.
+    """
+
+    rows: dict[tuple[str, ...], jax.Array]
+    softmax: SoftmaxRows | None
+    embedding: bool
+
+
+def dict_keys(path) -> tuple:
+    """The dict keys of a pytree path (dataclass and tuple levels skipped)."""
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def map_rows(fn: Callable, tree: Any, rows: dict[tuple, jax.Array], *others: Any) -> Any:
+    """Apply ``fn(leaf, rows, *other_leaves)`` to the leaves of ``tree`` (params, or an optimiser
+    state that mirrors them) whose dict-key path ends with one of ``rows``' keys."""
+
+    def visit(path, leaf, *rest):
+        keys = dict_keys(path)
+        for name, r in rows.items():
+            if keys[-len(name) :] == name:
+                return fn(leaf, r, *rest)
+        return leaf if not rest else rest[0]
+
+    return jax.tree_util.tree_map_with_path(visit, tree, *others)
+
+
+def gather_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+    """Rows ``rows`` of ``x``; padding ids (out of range) read zeros."""
+    return jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
+
+
+def scatter_rows(x: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
+    """``x`` with rows ``rows`` set to ``values``; padding ids (out of range) are dropped."""
+    return x.at[rows].set(values.astype(x.dtype), mode="drop")
+
+
+def sparse_view(
+    params: dict, batch: StepBatch, n_vocab: int, *, softmax: bool, embedding: bool
+) -> tuple[SparseView, dict, StepBatch]:
+    """The rows of the sparse parameters a step touches, and the batch re-indexed into them.
+
+    ``softmax``/``embedding`` say which parameters may be sparse. The softmax's rows are the
+    distinct targets and sampled ids of both directions (``R = 2 B T + 2 S``, padded with the
+    out-of-range id ``V``); a word-level embedding's are the distinct entries of the token table.
+    Where ``R`` is not small against the vocabulary (:data:`SPARSE_FRACTION`) the parameter stays
+    dense. ``-> (view, view params, view batch)``.
+    """
+    rows: dict[tuple, jax.Array] = {}
+    softmax_rows = None
+    n_ids = batch.targets.size + (batch.sampled.size if batch.sampled is not None else 0)
+    if softmax and batch.sampled is not None and n_ids <= SPARSE_FRACTION * n_vocab:
+        ids = jnp.concatenate([batch.targets.reshape(-1), batch.sampled.reshape(-1)])
+        uniq, inverse = jnp.unique(ids, size=ids.size, fill_value=n_vocab, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        softmax_rows = SoftmaxRows(
+            targets=inverse[: batch.targets.size].reshape(batch.targets.shape),
+            sampled=inverse[batch.targets.size :].reshape(batch.sampled.shape),
+        )
+        rows[SOFTMAX_W] = rows[SOFTMAX_B] = uniq
+    use_embedding = embedding and batch.table.size <= SPARSE_FRACTION * n_vocab
+    if use_embedding:
+        table = batch.table
+        uniq, inverse = jnp.unique(table, size=table.size, fill_value=n_vocab + 1, return_inverse=True)
+        batch = batch._replace(table=inverse.reshape(table.shape))
+        rows[WORD_EMBEDDING] = uniq
+    view = SparseView(rows, softmax_rows, use_embedding)
+    return view, gather_view(params, view), batch
+
+
+def gather_view(tree: Any, view: SparseView) -> Any:
+    """The view's rows of ``tree`` (params, or an optimiser state that mirrors them)."""
+    return map_rows(gather_rows, tree, view.rows) if view.rows else tree
+
+
+def scatter_view(tree: Any, view: SparseView, updated: Any) -> Any:
+    """``tree`` (params or optimiser state) with the view's rows replaced by ``updated``'s."""
+    if not view.rows:
+        return updated
+    return map_rows(scatter_rows, tree, view.rows, updated)

@@ -1,0 +1,160 @@
+"""A full disk: one line naming the directory or file, exit status 2, nothing complete lost, and the
+same command resumes once space is freed. On a real small tmpfs where this machine lets the tests
+mount one (root), and always with the error injected where orbax and h5py raise it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from elmojax.cli import main
+from elmojax.train.checkpoints import checkpoint_manager, restore_params
+from tests.helpers import embed_argv, train_argv
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs mounted for the test (skipped where mounting is not allowed)."""
+    mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]}); the injected tests cover it"
+        )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up to ``leave`` free bytes with one file; returns it (delete it to free the space)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    free = shutil.disk_usage(disk).free
+    with open(filler, "r+b") as f:
+        f.truncate(max(0, filler.stat().st_size - (leave - free)))
+    return filler
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error printed"
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_full_disk_during_training_then_the_same_command_resumes(
+    corpus, tmp_path, small_disk, capsys, caplog
+):
+    run = small_disk / "run"
+    argv = train_argv(corpus.options_file, corpus.train, corpus.vocab, run, "--checkpoint-every", "2")
+    assert main([*argv, "--max-steps", "2"]) == 0
+    filler = fill(small_disk, leave=16 * 1024)  # room for metric lines, not for a checkpoint
+    assert main([*argv, "--max-steps", "4"]) == 2
+    err = one_line_error(capsys)
+    assert f"{run}: the disk is full (writing checkpoint 4); the last complete checkpoint is step 2" in err
+    steps = checkpoint_manager(run).all_steps()
+    assert max(steps) == 2 and 4 not in steps  # the complete ones kept, the partial one removed
+    assert not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
+    assert not caplog.records, [r.getMessage()[:200] for r in caplog.records]  # no tracebacks from threads
+    filler.unlink()
+    assert main([*argv, "--max-steps", "4"]) == 0  # the same command, once there is room
+    assert "resuming" in capsys.readouterr().err
+    reference = tmp_path / "reference"
+    assert (
+        main([*train_argv(corpus.options_file, corpus.train, corpus.vocab, reference), "--max-steps", "4"])
+        == 0
+    )
+    (a, step_a), (b, step_b) = restore_params(reference), restore_params(run)
+    assert step_a == step_b == 4
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+
+
+def test_full_disk_during_export_and_embed_keeps_what_was_there(
+    corpus, tiny_export, small_disk, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert main([*train_argv(corpus.options_file, corpus.train, corpus.vocab, run), "--max-steps", "1"]) == 0
+    out = small_disk / "export" / "weights.hdf5"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier export")
+    fill(small_disk, leave=4 * 1024)
+    assert main(["export", "--save-dir", str(run), "--outfile", str(out)]) == 2
+    assert f"{out}: the disk is full; nothing was written under this name" in one_line_error(capsys)
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["weights.hdf5"]
+
+    (tmp_path / "in.txt").write_text("\n".join(" ".join(["word"] * 40) for _ in range(200)) + "\n")
+    dump = small_disk / "emb.hdf5"
+    assert main(embed_argv(tmp_path / "in.txt", dump, tiny_export)) == 2
+    assert re.search(
+        rf"{dump}: the disk is full \(about .* MiB free\); nothing was written", one_line_error(capsys)
+    )
+    assert not dump.exists() and not list(small_disk.glob(".emb.hdf5.*"))
+
+
+def test_injected_disk_full_in_a_checkpoint_write(corpus, tmp_path, monkeypatch, capsys):
+    """Where no tmpfs can be mounted: orbax's error for a full disk, raised from its save."""
+    import orbax.checkpoint as ocp
+
+    run = tmp_path / "run"
+    argv = train_argv(corpus.options_file, corpus.train, corpus.vocab, run, "--checkpoint-every", "2")
+    assert main([*argv, "--max-steps", "2"]) == 0
+    real_save = ocp.CheckpointManager.save
+
+    def full(self, step, *args, **kwargs):
+        (Path(self.directory) / f"{step}.orbax-checkpoint-tmp").mkdir()  # what a failed write leaves
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing local file "_sharding": Failed to write 10576 bytes to file '
+            "14: No space left on device [os_error_code='28']"
+        )
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    assert main([*argv, "--max-steps", "4"]) == 2
+    err = one_line_error(capsys)
+    assert f"{run}: the disk is full (writing checkpoint 4); the last complete checkpoint is step 2" in err
+    assert not [p for p in (run / "checkpoints").iterdir() if "tmp" in p.name]
+    assert checkpoint_manager(run).latest_step() == 2
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    assert main([*argv, "--max-steps", "4"]) == 0
+    assert checkpoint_manager(run).latest_step() == 4
+
+
+def test_injected_disk_full_in_an_hdf5_dump(tiny_export, tmp_path, monkeypatch, capsys):
+    real = h5py.Group.create_dataset
+
+    def full(self, name, *args, **kwargs):
+        if name == "3":
+            raise OSError(28, "No space left on device")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", full)
+    (tmp_path / "in.txt").write_text("a b\nc d\ne f\ng h\n")
+    dump = tmp_path / "emb.hdf5"
+    dump.write_bytes(b"an earlier dump")
+    assert main(embed_argv(tmp_path / "in.txt", dump, tiny_export)) == 2
+    assert f"{dump}: the disk is full; nothing was written under this name" in one_line_error(capsys)
+    assert dump.read_bytes() == b"an earlier dump"
