@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import ROOT, tiny_options_dict
 
 
+@pytest.mark.e2e
 def test_quickstart_script_on_a_corpus_slice(tmp_path):
     mpl_image = pytest.importorskip("matplotlib.image")  # the script draws the training curve with it
     lines = (ROOT / "experiments" / "data" / "sample_corpus.csv").read_text(encoding="utf-8").splitlines()

@@ -21,6 +21,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -352,7 +353,12 @@ def remove_sentence_boundaries(layers: Array, mask: Array) -> tuple[Array, Array
 
 def init_params(options: ElmoOptions, key: Array, numerics: Numerics | None = None) -> dict:
     """Randomly initialised biLM parameters (bilm-tf's initialisers) as a linen variable dict."""
-    model = BiLM(options, numerics or Numerics())
+    return _init_params(options, numerics or Numerics(), key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_params(options: ElmoOptions, numerics: Numerics, key: Array) -> dict:
+    # compiled once per model (the initialisers' random draws are many small programs)
     c = options.char_cnn
     tokens = jnp.ones((1, 3, c.max_characters_per_token), jnp.int32) if c else jnp.ones((1, 3), jnp.int32)
 
@@ -362,4 +368,4 @@ def init_params(options: ElmoOptions, key: Array, numerics: Numerics | None = No
         m.lstm([x] * N_DIRECTIONS, [mask] * N_DIRECTIONS, zero_state(options, 1))
         return x
 
-    return jax.jit(lambda k: model.init(k, method=_init))(key)
+    return BiLM(options, numerics).init(key, method=_init)

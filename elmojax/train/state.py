@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import flax.struct
@@ -9,7 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from elmojax.model.bilm import LSTMState, init_params, zero_state
+from elmojax.model.numerics import Numerics
 from elmojax.model.softmax import init_softmax
+from elmojax.options import ElmoOptions
 from elmojax.train.optim import make_optimizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,18 +36,40 @@ def init_state(
 ) -> TrainState:
     """A fresh train state for ``global_rows`` rows; ``bilm_params`` (``{"params": ...}``, e.g. a
     published model to continue training) replace the random biLM weights; the softmax is new."""
-    options, numerics = config.options, config.numerics
+    if bilm_params is not None:
+        bilm_params = jax.tree_util.tree_map(jnp.asarray, bilm_params)
+    n = config.numerics
+    return _init_state(
+        config.options, config.n_vocab, config.optimizer, n.param_dtype, global_rows, key, bilm_params
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _init_state(
+    options: ElmoOptions,
+    n_vocab: int,
+    optimizer: str,
+    param_dtype: str,
+    global_rows: int,
+    key: jax.Array,
+    bilm_params: dict | None,
+) -> TrainState:
+    # one compiled program per model, shared by every step configuration of it (compute dtype,
+    # sparse or dense, mesh): the initialisers' random draws are many small programs
     k_model, k_softmax, k_rng = jax.random.split(key, 3)
-    bilm = bilm_params if bilm_params is not None else init_params(options, k_model, numerics)
+    bilm = (
+        bilm_params
+        if bilm_params is not None
+        else init_params(options, k_model, Numerics(param_dtype=param_dtype))
+    )
     params = {
         "bilm": bilm["params"],
-        "softmax": init_softmax(config.n_vocab, options.projection_dim, k_softmax, numerics.param_dtype),
+        "softmax": init_softmax(n_vocab, options.projection_dim, k_softmax, param_dtype),
     }
-    params = jax.tree_util.tree_map(jnp.asarray, params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=make_optimizer(options, config.optimizer).init(params),
+        opt_state=make_optimizer(options, optimizer).init(params),
         lstm=zero_state(options, global_rows),
         rng=k_rng,
         bad_steps=jnp.zeros((), jnp.int32),

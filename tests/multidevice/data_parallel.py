@@ -50,8 +50,9 @@ def main(tmp: Path) -> None:
     assert diff <= 1e-6, diff
 
     # no device receives another's activations or token vectors, in training or in evaluation
+    # (the shapes of the "four" run: its compiled step comes from the persistent cache)
     vocab = Vocabulary.from_file(vocab_file)
-    par = DataParallel(4, devices)
+    par = DataParallel(options.training.batch_size, devices)
     options = options.replace(n_tokens_vocab=len(vocab))
     step_config = StepConfig(options, len(vocab), mesh=par.mesh)
     t = options.training

@@ -23,7 +23,7 @@ def main() -> None:
     for stateful in (False, True):
         sharded = Embedder(options, params, stateful=stateful)
         single = Embedder(options, params, stateful=stateful, devices=jax.local_devices()[:1])
-        for batch in (sentences, sentences[:3], sentences[4:]):
+        for batch in (sentences, sentences[:3]):
             for a, b in zip(sharded.embed_batch(batch), single.embed_batch(batch), strict=True):
                 np.testing.assert_allclose(a, b, atol=1e-6)
     print("ok", sharded.n_devices)

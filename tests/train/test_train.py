@@ -5,11 +5,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from elmojax.cli import main
 from elmojax.embed.embedder import Embedder
 from elmojax.errors import ElmoError
 from elmojax.evaluate import evaluate
@@ -18,7 +20,7 @@ from elmojax.model.weights import load_weights, save_weights
 from elmojax.options import load_options, options_from_dict
 from elmojax.train.checkpoints import restore_params
 from elmojax.train.loop import TrainConfig, train
-from tests.helpers import TRAIN_KEYS, run_module, tiny_options_dict
+from tests.helpers import TRAIN_KEYS, run_module, tiny_options_dict, train_argv
 
 
 def config(save_dir, corpus, **kw):
@@ -136,6 +138,18 @@ def test_export_embed_and_init_from(tmp_path, corpus, train_options):
     w_before = np.asarray(params["bilm"]["RNN_0"]["Cell0"]["W_0"])
     w_after = np.asarray(params2["bilm"]["RNN_0"]["Cell0"]["W_0"])
     assert 0 < np.abs(w_after - w_before).max() < 0.5  # started from the export, then one step
+
+
+def test_word_level_options_take_the_vocabulary_size_from_the_vocabulary(tmp_path, corpus):
+    """A word-level options file without n_tokens_vocab trains: the key is filled in from the
+    vocabulary file, as the character models' are."""
+    d = tiny_options_dict(**TRAIN_KEYS)
+    del d["char_cnn"]
+    (tmp_path / "word.json").write_text(json.dumps(d))
+    run = tmp_path / "run"
+    assert main(train_argv(tmp_path / "word.json", corpus.train, corpus.vocab, run, "--max-steps", "1")) == 0
+    saved = json.loads((run / "options.json").read_text())
+    assert "char_cnn" not in saved and saved["n_tokens_vocab"] == len(Path(corpus.vocab).read_text().split())
 
 
 @pytest.mark.multidevice
