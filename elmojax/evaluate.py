@@ -26,7 +26,7 @@ from elmojax.data.vocab import TokenBatcher, Vocabulary
 from elmojax.errors import ElmoError
 from elmojax.model.numerics import Numerics
 from elmojax.model.start_state import rows_state, start_state
-from elmojax.options import N_DIRECTIONS
+from elmojax.options import N_DIRECTIONS, ElmoOptions
 from elmojax.parallel import DataParallel
 from elmojax.train.checkpoints import load_run, restore_params
 from elmojax.train.step import StepConfig, jit_eval_step
@@ -42,6 +42,7 @@ def evaluate(
     per_sentence: bool = False,
     start: str = "warm",
     numerics: Numerics | None = None,
+    softmax_shards: int | None = None,
 ) -> dict:
     """Perplexities of the latest checkpoint in ``save_dir`` on the files matching ``test_prefix``.
 
@@ -49,7 +50,10 @@ def evaluate(
     cross-entropies), ``forward_perplexity``, ``backward_perplexity``, ``n_tokens`` (targets per
     direction), the ``step`` of the checkpoint and the ``start_state``; with ``per_sentence`` also
     ``per_sentence``: the same three perplexities with every sentence scored on its own.
-    ``numerics`` sets the compute dtype (e.g. ``Numerics(compute_dtype="bfloat16")``).
+    ``numerics`` sets the compute dtype (e.g. ``Numerics(compute_dtype="bfloat16")``);
+    ``softmax_shards`` splits the softmax over devices as training does (default: one slice or
+    host's devices), so no device holds the whole vocabulary; the full softmax is computed in
+    vocabulary tiles (:func:`elmojax.model.softmax.full_softmax_loss`), so memory stays bounded.
     """
     options, vocab = load_run(save_dir)
     resolve_files(test_prefix, arg="test_prefix")
@@ -67,11 +71,13 @@ def evaluate(
         if batch_size < 1:
             raise ElmoError(f"`batch_size` must be >= 1, found {batch_size}")
         rows_per_device = -(-batch_size // n_dev)
-    par = DataParallel(rows_per_device, devices)
+    par = DataParallel(rows_per_device, devices, softmax_shards)
     config = StepConfig(options, len(vocab), numerics=numerics or Numerics(), mesh=par.mesh)
-    params, step = restore_params(save_dir)
+    params, step = restore_params(save_dir, mesh=par.mesh)
     batcher = Batcher(options.char_cnn.max_characters_per_token, vocab) if options.char_cnn else None
-    start_lstm = start_state(config.model, {"params": params["bilm"]}, start, batcher or TokenBatcher(vocab))
+    start_lstm = start_state(
+        config.model, {"params": model_params(params, options)}, start, batcher or TokenBatcher(vocab)
+    )
 
     stream = BidirectionalStream(
         test_prefix,
@@ -119,6 +125,15 @@ def evaluate(
             counts += np.asarray(c)
         result["per_sentence"] = _perplexities(sums, counts)
     return result
+
+
+def model_params(params: dict, options: ElmoOptions) -> dict:
+    """The biLM's parameters as the linen model takes them: a word embedding without its padding rows."""
+    if options.char_cnn is not None:
+        return params["bilm"]
+    embedder = dict(params["bilm"]["token_embedder"])
+    embedder["embedding"] = embedder["embedding"][: options.require_vocab_size() + 1]
+    return {**params["bilm"], "token_embedder": embedder}
 
 
 def _perplexities(sums: np.ndarray, counts: np.ndarray) -> dict[str, float]:

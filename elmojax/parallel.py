@@ -1,17 +1,25 @@
 """Devices, meshes and shardings: the one module that knows axis names and partition rules.
 
-Data parallelism is a mesh over the devices with one axis, ``data``: a batch's rows and the LSTM
-states' batch axis are split over it; parameters and optimiser state are replicated, and XLA
-inserts the gradient all-reduce. Train, evaluate, embed and restore ask this module for meshes,
-shardings and placement; no other module builds a ``Mesh`` or writes a ``PartitionSpec``.
+The mesh has two axes, ``replica`` x ``shard``. A batch's rows and the LSTM states' batch axis are
+split over both (data parallelism over every device); the rows of the vocabulary-sized arrays (the
+softmax ``W [V, P]`` and ``b [V]``, a word-level model's token embedding, and their optimiser
+state) are split over ``shard`` and replicated over ``replica``; everything else is replicated, and
+XLA inserts the gradient all-reduce. ``shard`` is where the vocabulary lives: by default one TPU
+slice, or one host's GPUs (fast links within, ``replica`` across), as MaxText separates ICI from
+DCN parallelism. One shard (``softmax_shards=1``) is plain data parallelism, as on one device.
+Train, evaluate, embed and restore ask this module for meshes, shardings and placement; no other
+module builds a ``Mesh`` or writes a ``PartitionSpec``.
 
 Partition rules are lists of ``(regex, PartitionSpec)`` matched against a leaf's path
 (``params/softmax/W``, ``lstm/c``, ``table``), first match wins, as big_vision writes them: a new
-layout is a new rule, not new code in the step.
+layout is a new rule, not new code in the step. Vocabulary-sized arrays have their rows padded to
+a multiple of the shard count (:func:`vocab_rows`); padding rows are never a target or a sample.
 
 Inside a traced function, :func:`tracing` makes the mesh the abstract-mesh context, and the
 kernels ask :func:`batch_is_sharded` how to contract their batch axis (``Dot.tn``): nothing about
-sharding travels in the model's settings.
+sharding travels in the model's settings. :func:`take_rows`, :func:`put_rows` and
+:func:`vocab_sharded` are the collectives of a row-sharded table: a step moves only its own rows
+between devices, never an array of the vocabulary's size.
 
 Several processes (hosts) run the same program after :func:`initialize`; each holds its own
 devices' rows of a global batch (:meth:`DataParallel.put`). :func:`all_succeeded`,
@@ -23,29 +31,39 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from elmojax.errors import ElmoError
+
 if TYPE_CHECKING:  # pragma: no cover
     from elmojax.data.batches import PendingBatch, StepBatch
 
-#: the mesh axis of data parallelism
-DATA = "data"
+#: the mesh axis over which the whole model is replicated (data parallelism across groups)
+REPLICA = "replica"
+#: the mesh axis over which the vocabulary's rows are split (data parallelism within a group)
+SHARD = "shard"
 #: the mesh axes a batch's rows are split over, in mesh order
-BATCH_AXES = (DATA,)
+BATCH_AXES = (REPLICA, SHARD)
 #: a batch's rows in a partition spec
-ROWS = DATA
+ROWS = BATCH_AXES
 
 Rules = Sequence[tuple[str, P]]
 
-#: the train state: LSTM states ``[2, L, B, ...]`` split on their batch axis, the rest replicated
+#: leaves whose rows are the vocabulary's (parameters, and the optimiser state that mirrors them)
+VOCAB_LEAVES = (r"(^|/)softmax/(W|b)$", r"(^|/)token_embedder/embedding$")
+
+#: the train state: vocabulary rows split over the shard axis, LSTM states ``[2, L, B, ...]`` on
+#: their batch axis, the rest replicated
 STATE_RULES: Rules = (
+    *((pattern, P(SHARD)) for pattern in VOCAB_LEAVES),
     (r"^lstm/", P(None, None, ROWS)),
     (r".*", P()),
 )
@@ -61,10 +79,47 @@ BATCH_RULES: Rules = (
 # --- meshes and shardings -----------------------------------------------------------------------
 
 
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The data-parallel mesh over ``devices`` (default: every device of every process)."""
+def default_shards(devices: Sequence[jax.Device]) -> int:
+    """How many ways the vocabulary is split by default: the devices of one TPU slice (its chips
+    are linked directly), else of one process (one host's GPUs, or the CPU's devices)."""
+    first = devices[0]
+    if first.platform == "tpu":  # one slice unless the devices say otherwise (multislice)
+        return sum(getattr(d, "slice_index", 0) == getattr(first, "slice_index", 0) for d in devices)
+    return sum(d.process_index == first.process_index for d in devices)
+
+
+def mesh_of(devices: Sequence[jax.Device] | None = None, shards: int | None = None) -> Mesh:
+    """The ``replica x shard`` mesh over ``devices`` (default: every device of every process),
+    consecutive devices forming one shard group; ``shards`` defaults to :func:`default_shards`."""
     devices = list(devices) if devices is not None else jax.devices()
-    return Mesh(np.array(devices), (DATA,))
+    shards = default_shards(devices) if shards is None else shards
+    if shards < 1 or len(devices) % shards:
+        raise ElmoError(
+            f"`softmax_shards` {shards} must divide the number of devices ({len(devices)}); "
+            f"use one of {', '.join(str(k) for k in range(1, len(devices) + 1) if len(devices) % k == 0)}"
+        )
+    return Mesh(np.array(devices).reshape(len(devices) // shards, shards), BATCH_AXES)
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Plain data parallelism over ``devices``: every array whole on each device but the batch's."""
+    return mesh_of(devices, shards=1)
+
+
+def row_shards(mesh: Mesh | None) -> int:
+    """How many ways ``mesh`` splits the vocabulary's rows (1 without a mesh)."""
+    return 1 if mesh is None else int(mesh.shape[SHARD])
+
+
+def vocab_rows(n_rows: int, mesh: Mesh | None) -> int:
+    """Rows a vocabulary-sized array gets on ``mesh``: ``n_rows`` padded to a multiple of the shards."""
+    shards = row_shards(mesh)
+    return -(-n_rows // shards) * shards
+
+
+def is_vocab_leaf(name: str) -> bool:
+    """Whether the leaf called ``name`` (see :func:`path_name`) has the vocabulary's rows."""
+    return any(re.search(pattern, name) for pattern in VOCAB_LEAVES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -110,6 +165,11 @@ def shardings(tree: Any, mesh: Mesh, rules: Rules) -> Any:
     )
 
 
+def state_leaf_sharding(name: str, mesh: Mesh) -> NamedSharding:
+    """The sharding of the train-state leaf called ``name`` (``params/softmax/W``, ...) on ``mesh``."""
+    return NamedSharding(mesh, spec_for(name, STATE_RULES))
+
+
 def state_shardings(state: Any, mesh: Mesh) -> Any:
     """The shardings of a train state (arrays or abstract shapes), by :data:`STATE_RULES`."""
     return shardings(state, mesh, STATE_RULES)
@@ -147,19 +207,114 @@ def batch_is_sharded() -> bool:
     return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES])) > 1
 
 
+# --- tables whose rows are split over the shard axis --------------------------------------------
+
+
+def take_rows(table: jax.Array, ids: jax.Array, mesh: Mesh | None, *, sharded_ids: bool = False) -> jax.Array:
+    """``table[ids]`` (ids out of range read zeros) for a table whose rows may be split over the
+    shard axis: each shard looks up the ids it owns and the pieces are summed, so only the looked-up
+    rows cross devices. ``ids`` (any shape) are the same on every device, and so is the result;
+    with ``sharded_ids`` their leading axis is split over the batch axes instead (each device's
+    own ids), and so is the result's."""
+    if row_shards(mesh) == 1:
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)
+
+    def lookup(block, ids):
+        offset = jax.lax.axis_index(SHARD) * block.shape[0]
+        own = (ids >= offset) & (ids < offset + block.shape[0])
+        rows = jnp.take(block, jnp.where(own, ids - offset, 0), axis=0)
+        return jnp.where(own.reshape(own.shape + (1,) * (rows.ndim - own.ndim)), rows, 0)
+
+    if not sharded_ids:
+        local = lambda block, ids: jax.lax.psum(lookup(block, ids), SHARD)  # noqa: E731
+        return jax.shard_map(local, mesh=mesh, in_specs=(P(SHARD), P()), out_specs=P())(table, ids)
+
+    def local_sharded(block, ids):
+        # the shard group's ids, looked up where they live, then each device's own rows summed back
+        rows = lookup(block, jax.lax.all_gather(ids, SHARD, tiled=True))
+        return jax.lax.psum_scatter(rows, SHARD, scatter_dimension=0, tiled=True)
+
+    return jax.shard_map(local_sharded, mesh=mesh, in_specs=(P(SHARD), P(ROWS)), out_specs=P(ROWS))(
+        table, ids
+    )
+
+
+def put_rows(table: jax.Array, ids: jax.Array, values: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """``table`` with rows ``ids`` set to ``values`` (ids out of range dropped), rows split over the
+    shard axis or not: each shard writes the rows it owns, nothing crosses devices. ``ids [R]``
+    must be distinct (but for out-of-range ones); ids and values are the same on every device."""
+    values = values.astype(table.dtype)
+    if row_shards(mesh) == 1:
+        return table.at[ids].set(values, mode="drop")
+
+    def local(block, ids, values):
+        offset = jax.lax.axis_index(SHARD) * block.shape[0]
+        own = (ids >= offset) & (ids < offset + block.shape[0])
+        return block.at[jnp.where(own, ids - offset, block.shape[0])].set(values, mode="drop")
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(SHARD), P(), P()), out_specs=P(SHARD))(
+        table, ids, values
+    )
+
+
+def vocab_sharded(
+    per_shard: Callable[..., tuple[jax.Array, jax.Array]],
+    weights: jax.Array,
+    biases: jax.Array,
+    inputs: jax.Array,
+    labels: jax.Array,
+    mesh: Mesh | None,
+) -> tuple[jax.Array, jax.Array]:
+    """A log-sum-exp over the vocabulary and each row's true logit, with the vocabulary's rows split
+    over the shard axis and the inputs' rows over the batch axes.
+
+    ``per_shard(w [V_s, P], b [V_s], x [M, P], labels [M], first_row) -> (lse [M], true [M])``
+    works on one shard's rows of the vocabulary (``first_row`` is the first one's id); a shard
+    sees every input row of its shard group (they are gathered over the shard axis: activations,
+    never weights), and the shards' partial log-sum-exps and true logits are combined.
+    ``inputs [N, P]``, ``labels [N]`` -> ``(lse [N], true [N])``, rows as the inputs'.
+    """
+    if row_shards(mesh) == 1:
+        return per_shard(weights, biases, inputs, labels, 0)
+
+    def local(w, b, x, y):
+        xs = jax.lax.all_gather(x, SHARD, tiled=True)  # the shard group's rows
+        ys = jax.lax.all_gather(y, SHARD, tiled=True)
+        lse, true = per_shard(w, b, xs, ys, jax.lax.axis_index(SHARD) * w.shape[0])
+        top = jax.lax.stop_gradient(jax.lax.pmax(lse, SHARD))
+        lse = top + jnp.log(jax.lax.psum(jnp.exp(lse - top), SHARD))
+        true = jax.lax.psum(true, SHARD)
+        mine = jax.lax.axis_index(SHARD) * x.shape[0]
+        return jax.lax.dynamic_slice_in_dim(lse, mine, x.shape[0]), jax.lax.dynamic_slice_in_dim(
+            true, mine, x.shape[0]
+        )
+
+    spec = (P(SHARD), P(SHARD), P(ROWS), P(ROWS))
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=(P(ROWS), P(ROWS)))(
+        weights, biases, inputs, labels
+    )
+
+
 # --- data parallelism ---------------------------------------------------------------------------
 
 
 class DataParallel:
-    """The data-parallel mesh over ``devices`` and this process's share of a global batch.
+    """The ``replica x shard`` mesh over ``devices`` and this process's share of a global batch.
 
     ``rows_per_device`` rows of each step's batch live on each device: ``global_rows`` in all,
-    ``local_rows`` on this process's devices.
+    ``local_rows`` on this process's devices. ``softmax_shards`` splits the vocabulary's rows that
+    many ways (default :func:`default_shards`; 1: replicated, plain data parallelism).
     """
 
-    def __init__(self, rows_per_device: int, devices: Sequence[jax.Device] | None = None):
-        self.mesh = data_mesh(devices)
+    def __init__(
+        self,
+        rows_per_device: int,
+        devices: Sequence[jax.Device] | None = None,
+        softmax_shards: int | None = None,
+    ):
+        self.mesh = mesh_of(devices, softmax_shards)
         devices = list(self.mesh.devices.flat)
+        self.softmax_shards = row_shards(self.mesh)
         self.n_devices = len(devices)
         self.n_local = sum(d.process_index == jax.process_index() for d in devices)
         self.rows_per_device = rows_per_device

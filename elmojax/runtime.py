@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import glob
 import importlib.metadata
 import importlib.util
 import os
@@ -46,24 +47,69 @@ def retain_freed_memory() -> bool:
     )
 
 
+#: Google's PCI vendor id, and the ids of its PCI devices that are not TPUs (the gVNIC network card)
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_GOOGLE_NOT_TPU = {"0x0042"}
+
+
+def tpu_may_be_attached() -> bool:
+    """Whether this machine may have TPU chips: a TPU device node, or a Google PCI device that is
+    not known to be something else (so an unknown TPU generation still counts)."""
+    if glob.glob("/dev/accel*"):
+        return True
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            if Path(vendor).read_text().strip() != _GOOGLE_PCI_VENDOR:
+                continue
+            if (Path(vendor).parent / "device").read_text().strip() not in _GOOGLE_NOT_TPU:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _libtpu_without_tpu() -> bool:
+    return importlib.util.find_spec("libtpu") is not None and not tpu_may_be_attached()
+
+
+@functools.cache
+def skip_absent_tpu() -> bool:
+    """With ``libtpu`` installed (for ``compile-check``) on a machine without TPUs, make JAX start
+    on the CPU directly instead of probing for TPU chips and metadata (slower, and warnings on
+    stderr). Only when ``JAX_PLATFORMS`` is unset and no GPU plugin is installed; call it before
+    JAX starts. Returns whether it set ``JAX_PLATFORMS=cpu``."""
+    if os.environ.get("JAX_PLATFORMS", "").strip() or not _libtpu_without_tpu() or _gpu_plugins():
+        return False
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:  # imported already: its configuration has read the environment
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
+    return True
+
+
+def _gpu_plugins() -> bool:
+    """Whether a GPU plugin (CUDA, ROCm) is installed for JAX."""
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return True
+    try:
+        import jax_plugins  # namespace package that GPU plugins install into
+    except ImportError:
+        return False
+    return any(pkgutil.iter_modules(jax_plugins.__path__))
+
+
 def _cpu_only() -> bool:
     """Whether JAX will pick its CPU backend, decided without starting any backend.
 
     Starting one here would make a later ``jax.distributed.initialize()`` fail, so this reads
-    ``JAX_PLATFORMS`` and otherwise looks for installed accelerator plugins (CUDA, ROCm, TPU).
+    ``JAX_PLATFORMS`` and otherwise looks for installed accelerator plugins (CUDA, ROCm, TPU; an
+    installed libtpu counts only where a TPU may be attached).
     """
     platforms = os.environ.get("JAX_PLATFORMS", "").strip()
     if platforms:
         return platforms.split(",")[0].strip().lower() == "cpu"
-    if importlib.util.find_spec("libtpu") is not None:
+    if importlib.util.find_spec("libtpu") is not None and tpu_may_be_attached():
         return False
-    if importlib.metadata.entry_points(group="jax_plugins"):
-        return False
-    try:
-        import jax_plugins  # namespace package that GPU plugins install into
-    except ImportError:
-        return True
-    return not any(pkgutil.iter_modules(jax_plugins.__path__))
+    return not _gpu_plugins()
 
 
 def compilation_cache_dir() -> Path:

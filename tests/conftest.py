@@ -17,7 +17,11 @@ import jax
 import pytest
 
 from elmojax.options import ElmoOptions, options_from_dict
+from elmojax.runtime import skip_absent_tpu
 from tests.helpers import FIXTURE_DIR, TRAIN_KEYS, tiny_options_dict, write_corpus
+
+# as the command line does: libtpu (installed for compile-check) would probe for TPU chips
+skip_absent_tpu()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,7 +14,7 @@ def subparsers():
     return action.choices
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "export", "embed"])
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "export", "embed", "compile-check"])
 def test_readme_cli_reference_lists_every_flag(command):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## CLI reference") :]

@@ -108,6 +108,19 @@ def test_two_processes_stop_resume_and_equal_an_uninterrupted_run(corpus, tmp_pa
     assert [m["step"] for m in logged] == [1, 2, 3, 4]
     assert [m["loss_forward"] for m in logged] == [m["loss_forward"] for m in expected]
 
+    # one process cannot take over two processes' data positions: refused in one line
+    one = subprocess.run(
+        [sys.executable, "-m", "elmojax", *train_command(corpus, run, 6), "--batch-size", "8"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert one.returncode == 2, one.stderr[-2000:]
+    assert (
+        "was written by 2 process(es)" in one.stderr and "resume it with 2 process(es), not 1" in one.stderr
+    )
+
 
 def test_locked_run_directory_stops_every_process(corpus, tmp_path):
     run = tmp_path / "run"

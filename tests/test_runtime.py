@@ -72,3 +72,50 @@ def test_compilation_cache_is_per_user_and_shared(corpus, tmp_path):
     assert any(cache.iterdir())
     second = run("second")
     assert 0 < second < first
+
+
+def test_libtpu_without_a_tpu_starts_jax_on_the_cpu(monkeypatch):
+    """libtpu (installed for compile-check) on a machine without TPU chips: JAX starts on the CPU
+    without probing for TPUs; never where JAX_PLATFORMS is set or a TPU may be attached."""
+    import importlib.util
+
+    from elmojax import runtime
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "libtpu" else real_find_spec(name, *a),
+    )
+    monkeypatch.setattr(runtime, "tpu_may_be_attached", lambda: False)
+    monkeypatch.setattr(runtime, "_gpu_plugins", lambda: False)  # whatever earlier tests installed
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    runtime.skip_absent_tpu.cache_clear()
+    assert runtime._cpu_only() is True  # the malloc setting still applies
+    assert runtime.skip_absent_tpu() is True and runtime.os.environ["JAX_PLATFORMS"] == "cpu"
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    runtime.skip_absent_tpu.cache_clear()
+    assert runtime.skip_absent_tpu() is False and runtime.os.environ["JAX_PLATFORMS"] == "tpu"
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setattr(runtime, "tpu_may_be_attached", lambda: True)
+    runtime.skip_absent_tpu.cache_clear()
+    assert runtime.skip_absent_tpu() is False and runtime._cpu_only() is False
+    runtime.skip_absent_tpu.cache_clear()
+
+
+def test_google_pci_devices_other_than_the_network_card_count_as_a_tpu(monkeypatch, tmp_path):
+    from elmojax import runtime
+
+    for name, device in (("0000:00:04.0", "0x0042"), ("0000:00:05.0", "0x0063")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vendor").write_text("0x1ae0\n")
+        (tmp_path / name / "device").write_text(device + "\n")
+    real_glob = runtime.glob.glob
+    monkeypatch.setattr(
+        runtime.glob,
+        "glob",
+        lambda pattern: real_glob(str(tmp_path / "*" / "vendor")) if "pci" in pattern else [],
+    )
+    assert runtime.tpu_may_be_attached() is True  # the v5e's 0x0063
+    (tmp_path / "0000:00:05.0" / "device").write_text("0x0042\n")
+    assert runtime.tpu_may_be_attached() is False  # two network cards

@@ -29,6 +29,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="also score every sentence on its own from the start state, as stateless embedding sees it",
     )
     flags.add_start_state(p, "where rows and sentences start")
+    flags.add_softmax_shards(p)
     flags.add_compute_dtype(p)
     flags.add_compilation_cache(p)
     p.set_defaults(func=run)
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> None:
         per_sentence=args.per_sentence,
         start=args.start_state,
         numerics=Numerics(compute_dtype=args.compute_dtype),
+        softmax_shards=args.softmax_shards,
     )
     print(json.dumps(result))
     for name, r in (("", result), ("per-sentence ", result.get("per_sentence"))):

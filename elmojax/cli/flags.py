@@ -71,3 +71,16 @@ def start_distributed(args: argparse.Namespace) -> None:
     from elmojax.parallel import initialize
 
     initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def add_softmax_shards(
+    parser: argparse.ArgumentParser, default_help: str = "the devices of one TPU slice or one host"
+) -> None:
+    flag(
+        parser,
+        "--softmax-shards",
+        type=int,
+        default=None,
+        help="split the softmax (and a word model's token embedding) over this many devices "
+        f"(default: {default_help}; 1: the whole softmax on every device)",
+    )

@@ -13,12 +13,19 @@ import re
 import sys
 from collections.abc import Sequence
 
-from elmojax.cli import embed, evaluate, export, prepare, train
+from elmojax.cli import compile_check, embed, evaluate, export, prepare, train
 from elmojax.errors import ElmoError
-from elmojax.runtime import enable_compilation_cache, retain_freed_memory
+from elmojax.runtime import enable_compilation_cache, retain_freed_memory, skip_absent_tpu
 
 #: the sub-commands in the order ``--help`` lists them
-COMMANDS = {"prepare": prepare, "train": train, "evaluate": evaluate, "export": export, "embed": embed}
+COMMANDS = {
+    "prepare": prepare,
+    "train": train,
+    "evaluate": evaluate,
+    "export": export,
+    "embed": embed,
+    "compile-check": compile_check,
+}
 #: commands that run JAX computations (process-wide settings apply before JAX starts)
 JAX_COMMANDS = ("train", "evaluate", "embed")
 
@@ -46,11 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``elmojax`` and ``python -m elmojax``; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command in JAX_COMMANDS:
+        skip_absent_tpu()  # before JAX starts: libtpu (for compile-check) probes for TPUs otherwise
         retain_freed_memory()  # before JAX's first computation starts its threads
         if not args.no_compilation_cache:
             enable_compilation_cache()
     try:
-        args.func(args)
+        status = args.func(args)
     except ElmoError as e:
         print(f"elmojax {args.command}: error: {cli_message(e)}", file=sys.stderr)
         return 2
@@ -71,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     flags.flag(p, "--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
     flags.flag(p, "--log-every", type=int, default=10, help="steps between metric lines (default 10)")
+    flags.add_softmax_shards(p)
     flags.add_distributed(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     flags.add_compute_dtype(p)
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> None:
         log_every=args.log_every,
         progress=not args.no_progress,
         numerics=Numerics(compute_dtype=args.compute_dtype),
+        softmax_shards=args.softmax_shards,
     )
     last = train(options, config)
     print(json.dumps(last))

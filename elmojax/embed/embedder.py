@@ -14,6 +14,7 @@ over all local devices along the batch axis (:mod:`elmojax.parallel`). HDF5 dump
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from elmojax import parallel
 from elmojax.data.batches import sentence_arrays
@@ -33,6 +35,24 @@ from elmojax.model.start_state import rows_state
 from elmojax.model.start_state import start_state as model_start_state
 from elmojax.model.weights import load_weights
 from elmojax.options import ElmoOptions, load_options
+
+
+def forward(
+    model: BiLM, mesh: Mesh, params: dict, table: jax.Array, index: jax.Array, c: jax.Array, h: jax.Array
+) -> tuple[jax.Array, LSTMState]:
+    """One batch's layers: ``table [U, ...]`` distinct token inputs, ``index [B, T]`` into them (0:
+    padding), states ``c``, ``h`` -> ``([B, L + 1, T - 2, 2P]`` without BOS/EOS, the new states)``."""
+    with parallel.tracing(mesh):
+        vectors = model.apply(params, table, method=BiLM.embed_tokens)  # [U, P]
+        mask = index > 0
+        x = jnp.take(vectors, index, axis=0)  # [B, T, P]
+        layers, state = model.apply(params, x, mask, LSTMState(c, h))
+        out, _ = remove_sentence_boundaries(layers, mask)
+        return out, state
+
+
+#: :func:`forward` compiled once per model, mesh and shape
+jit_forward = jax.jit(forward, static_argnums=(0, 1))
 
 
 class Embedder:
@@ -76,7 +96,7 @@ class Embedder:
         self._rows = parallel.leading_rows(self.mesh)
         self._state_sharding = parallel.lstm_sharding(self.mesh)
         self.params = jax.device_put(params, parallel.replicated(self.mesh))
-        self._forward = jax.jit(self._forward_impl)
+        self._forward = functools.partial(jit_forward, self.model, self.mesh)
         self.start_state = start_state
         self._start = model_start_state(self.model, self.params, start_state, self._batcher)
         self._state: LSTMState | None = None
@@ -98,15 +118,6 @@ class Embedder:
         return cls(options, load_weights(weight_file, options), vocab=vocab, **kwargs)
 
     # -- the compiled computation ----------------------------------------------------------------
-
-    def _forward_impl(self, params, table, index, c, h):
-        with parallel.tracing(self.mesh):
-            vectors = self.model.apply(params, table, method=BiLM.embed_tokens)  # [U, P]
-            mask = index > 0
-            x = jnp.take(vectors, index, axis=0)  # [B, T, P]
-            layers, state = self.model.apply(params, x, mask, LSTMState(c, h))
-            out, _ = remove_sentence_boundaries(layers, mask)
-            return out, state
 
     def reset_states(self) -> None:
         """Forget the carried LSTM states (only meaningful with ``stateful=True``)."""

@@ -9,11 +9,15 @@ corrected by its log, and sampled ids equal to a row's label ("accidental hits")
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from elmojax.model.kernels.dot import DEFAULT, Dot
+from elmojax.parallel import row_shards, vocab_sharded
 
 Array = jax.Array
 
@@ -71,10 +75,76 @@ def sampled_softmax_loss(
     return jax.nn.softplus(jax.nn.logsumexp(sampled_logits, axis=1) - true_logit)
 
 
+#: the most logits one tile of the full softmax holds at once (``[rows, tile]`` float32): the
+#: vocabulary is scanned tile by tile, so evaluation's memory does not grow with it
+TILE_LOGITS = 2**26
+
+
 def full_softmax_loss(
-    weights: Array, biases: Array, inputs: Array, labels: Array, dot: Dot = DEFAULT
+    weights: Array,
+    biases: Array,
+    inputs: Array,
+    labels: Array,
+    dot: Dot = DEFAULT,
+    *,
+    n_classes: int | None = None,
+    mesh: Mesh | None = None,
 ) -> Array:
-    """Per-row cross-entropy over the whole vocabulary: ``[N, P]``, ``[N]`` -> ``[N]``."""
-    logits = dot.nt(inputs, weights) + biases
-    true_logit = jnp.take_along_axis(logits, labels.astype(jnp.int32)[:, None], axis=1)[:, 0]
-    return jax.nn.logsumexp(logits, axis=1) - true_logit
+    """Per-row cross-entropy over the whole vocabulary: ``[N, P]``, ``[N]`` -> ``[N]``.
+
+    ``weights [V, P]`` and ``biases [V]`` may hold padding rows past ``n_classes`` (they never
+    count) and may have their rows split over ``mesh``'s shard axis. A small vocabulary on one
+    shard is one product; otherwise each shard scans its rows in tiles of at most
+    :data:`TILE_LOGITS` logits with a running log-sum-exp, and the shards' partial sums are combined
+    (:func:`elmojax.parallel.vocab_sharded`): neither the logits nor the weights are ever whole.
+    """
+    n_classes = weights.shape[0] if n_classes is None else n_classes
+    if row_shards(mesh) == 1 and weights.shape[0] == n_classes and inputs.shape[0] * n_classes <= TILE_LOGITS:
+        logits = dot.nt(inputs, weights) + biases
+        true_logit = jnp.take_along_axis(logits, labels.astype(jnp.int32)[:, None], axis=1)[:, 0]
+        return jax.nn.logsumexp(logits, axis=1) - true_logit
+    per_shard = functools.partial(_block_logsumexp, n_classes=n_classes, dot=dot)
+    lse, true_logit = vocab_sharded(per_shard, weights, biases, inputs, labels.astype(jnp.int32), mesh)
+    return lse - true_logit
+
+
+def _tile_rows(n_inputs: int, n_rows: int) -> int:
+    """Vocabulary rows per tile: a power of two (at least 128) whose logits fit :data:`TILE_LOGITS`."""
+    budget = max(TILE_LOGITS // max(n_inputs, 1), 128)
+    return min(n_rows, 1 << (budget.bit_length() - 1))
+
+
+def _block_logsumexp(
+    w: Array, b: Array, x: Array, labels: Array, first_row: Array | int, *, n_classes: int, dot: Dot
+) -> tuple[Array, Array]:
+    """One shard's part: ``(log-sum-exp [M], true logit [M])`` of ``x [M, P]`` over the rows ``w
+    [V_s, P]`` (ids ``first_row ..``; padding past ``n_classes`` excluded), -inf / 0 where none."""
+    n_rows = w.shape[0]
+    tile = _tile_rows(x.shape[0], n_rows)
+    xc = dot.cast(x)  # cast once, not per tile
+
+    def tile_logits(t):
+        start = jnp.minimum(t * tile, n_rows - tile)  # the last tile overlaps the one before
+        rows = start + jnp.arange(tile)
+        logits = dot.nt(xc, jax.lax.dynamic_slice_in_dim(w, start, tile))
+        logits = logits + jax.lax.dynamic_slice_in_dim(b, start, tile)
+        valid = (rows >= t * tile) & (first_row + rows < n_classes)
+        return jnp.where(valid[None, :], logits, -jnp.inf)
+
+    def accumulate(top, total, logits):
+        new_top = jnp.maximum(top, jnp.max(logits, axis=1))
+        shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)
+        return new_top, total * jnp.exp(top - shift) + jnp.sum(jnp.exp(logits - shift[:, None]), axis=1)
+
+    # the first tile starts the running sums (so they carry its sharding), the scan adds the rest,
+    # each tile rematerialised: differentiating keeps no [M, tile] logits of any tile
+    first = tile_logits(0)
+    carry = accumulate(jnp.full_like(first[:, 0], -jnp.inf), jnp.zeros_like(first[:, 0]), first)
+    step = jax.checkpoint(lambda carry, t: (accumulate(*carry, tile_logits(t)), None))
+    (top, total), _ = jax.lax.scan(step, carry, jnp.arange(1, -(-n_rows // tile)))
+    lse = jnp.log(total) + jnp.where(jnp.isfinite(top), top, 0.0)
+    local = labels - first_row
+    own = (local >= 0) & (local < n_rows)
+    local = jnp.where(own, local, 0)
+    true_logit = dot.rows(xc, jnp.take(w, local, axis=0)) + jnp.take(b, local)
+    return lse, jnp.where(own, true_logit, 0.0)

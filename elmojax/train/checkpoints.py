@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 
 from elmojax import parallel
 from elmojax.data.vocab import Vocabulary
@@ -52,9 +53,12 @@ def load_run(save_dir: str | Path) -> tuple[ElmoOptions, Vocabulary]:
     return options, Vocabulary.from_file(save_dir / "vocab.txt")
 
 
-def check_run_compatible(save_dir: Path, options: ElmoOptions) -> None:
-    """Raise unless ``save_dir`` was written with these options (resuming must not change them)."""
+def check_run_compatible(save_dir: Path, options: ElmoOptions, ignore: tuple[str, ...] = ()) -> None:
+    """Raise unless ``save_dir`` was written with these options (resuming must not change them),
+    but for the top-level keys in ``ignore``."""
     saved, given = load_options(save_dir / "options.json").to_dict(), options.to_dict()
+    for key in ignore:
+        saved.pop(key, None), given.pop(key, None)
     if saved != given:
         diff = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
         raise ElmoError(
@@ -63,66 +67,112 @@ def check_run_compatible(save_dir: Path, options: ElmoOptions) -> None:
         )
 
 
-def restore_params(save_dir: str | Path) -> tuple[dict, int]:
+def restore_params(save_dir: str | Path, mesh: Mesh | None = None) -> tuple[dict, int]:
     """Parameters ``{"bilm", "softmax"}`` of the latest complete checkpoint and its step.
 
     Only the parameters are needed, so the target is built from the checkpoint's own metadata:
-    this works whatever batch size or number of devices the run was trained with.
+    this works whatever batch size or number of devices the run was trained with. Without a
+    ``mesh`` they come whole on every device, vocabulary-sized ones with exactly the vocabulary's
+    rows; with one, laid out as training lays them out on it (rows split over its shard axis and
+    padded to split evenly).
     """
+    save_dir = Path(save_dir)
     mngr = checkpoint_manager(save_dir)
     step = mngr.latest_step()
     if step is None:
-        raise ElmoError(
-            f"{save_dir}: no complete checkpoint found; train first (elmojax train --save-dir ...)"
-        )
-    sharding = parallel.replicated(parallel.data_mesh())
-    meta = mngr.item_metadata(step)["state"]
-    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), meta)
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    return restored["state"]["params"], step
+        raise ElmoError(f"{save_dir}: no complete checkpoint found; train first (`elmojax train`)")
+    options, _ = load_run(save_dir)
+    n_vocab = options.require_vocab_size()
+    meta = mngr.item_metadata(step)["state"]["params"]
+    whole = parallel.replicated(parallel.data_mesh())
+
+    def target(path, m):
+        name = f"params/{parallel.path_name(path)}"
+        shape = tuple(m.shape)
+        if parallel.is_vocab_leaf(name):
+            valid = n_vocab + (1 if "token_embedder" in name else 0)
+            shape = (parallel.vocab_rows(valid, mesh) if mesh is not None else valid, *shape[1:])
+        sharding = parallel.state_leaf_sharding(name, mesh) if mesh is not None else whole
+        return jax.ShapeDtypeStruct(shape, m.dtype, sharding=sharding)
+
+    abstract = {"params": jax.tree_util.tree_map_with_path(target, meta)}
+    # the parameters alone (not the optimiser state), padding rows added or dropped as needed
+    restore_args = jax.tree_util.tree_map(
+        lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape, strict=False), abstract
+    )
+    args = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
+    restored = ocp.PyTreeCheckpointer().restore(Path(mngr.directory) / str(step) / "state", args=args)
+    return restored["params"], step
 
 
 def _leaves_by_name(tree: Any) -> dict[str, Any]:
     return {parallel.path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _shape_mismatch(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> str | None:
-    """Where checkpoint ``step`` differs from the expected state in structure or shape, else None."""
+def _shape_mismatch(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[str | None, bool]:
+    """Where checkpoint ``step`` differs from the expected state in structure or shape (None if it
+    fits), and whether only the padding rows of vocabulary-sized arrays differ (another shard
+    count: restored by padding or dropping padding rows)."""
     found = _leaves_by_name(mngr.item_metadata(step)["state"])
+    rows_differ = False
     for name, leaf in _leaves_by_name(abstract_state).items():
         if name not in found:
-            return f"{name} is missing"
-        if tuple(found[name].shape) != tuple(leaf.shape):
-            return f"{name} has shape {tuple(found[name].shape)}, this run needs {tuple(leaf.shape)}"
-    return None
+            return f"{name} is missing", rows_differ
+        saved, needed = tuple(found[name].shape), tuple(leaf.shape)
+        if saved == needed:
+            continue
+        if parallel.is_vocab_leaf(name) and saved[1:] == needed[1:]:
+            rows_differ = True
+            continue
+        return f"{name} has shape {saved}, this run needs {needed}", rows_differ
+    return None, rows_differ
+
+
+def _batch_advice(mismatch: str, found: Any, abstract_state: Any, n_devices: int | None) -> str:
+    """What to do about a checkpoint of another global batch: the per-device batch size that matches."""
+    saved = tuple(_leaves_by_name(found).get("lstm/c").shape)[2]
+    needed = tuple(_leaves_by_name(abstract_state)["lstm/c"].shape)[2]
+    if saved == needed or not n_devices:
+        return "resume with the same options, batch size and number of devices"
+    advice = f"it was trained with a global batch of {saved} rows, this run has {needed}"
+    if saved % n_devices == 0:
+        return (
+            f"{advice}: on {n_devices} device(s) resume with `batch_size` {saved // n_devices} (per device)"
+        )
+    divisors = [k for k in range(1, saved + 1) if saved % k == 0]
+    return (
+        f"{advice}: no per-device batch size gives {saved} rows on {n_devices} devices; "
+        f"resume on a number of devices in {divisors}"
+    )
 
 
 def restore_latest(
-    mngr: ocp.CheckpointManager, abstract_state: Any, save_dir: Path
+    mngr: ocp.CheckpointManager, abstract_state: Any, save_dir: Path, n_devices: int | None = None
 ) -> tuple[dict | None, int | None]:
     """Restore the newest readable checkpoint as ``{"state", "data"}`` and its step, or ``(None, None)``.
 
     An unreadable one is skipped with a warning in favour of the one before it and moved aside (not
     deleted), so that training can write that step again. One that reads but does not fit this
-    run's shapes is an error.
+    run's shapes is an error (for another global batch, naming the per-device batch size of this
+    run's ``n_devices`` that would fit); one written on another number of shards is restored into
+    this run's layout (the vocabulary's padding rows added or dropped).
     """
     steps = sorted(mngr.all_steps(), reverse=True)
     unreadable: list[int] = []
     for step in steps:
         try:
-            mismatch = _shape_mismatch(mngr, step, abstract_state)
+            mismatch, rows_differ = _shape_mismatch(mngr, step, abstract_state)
         except Exception:  # noqa: BLE001 - unreadable metadata: the restore below reports it
-            mismatch = None
+            mismatch, rows_differ = None, False
         if mismatch is not None:
-            raise ElmoError(
-                f"{save_dir}: checkpoint {step} does not fit this run ({mismatch}); "
-                "resume with the same options, batch size and number of devices"
-            )
+            advice = _batch_advice(mismatch, mngr.item_metadata(step)["state"], abstract_state, n_devices)
+            raise ElmoError(f"{save_dir}: checkpoint {step} does not fit this run ({mismatch}); {advice}")
         try:
             restored = mngr.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                    state=ocp.args.StandardRestore(abstract_state, strict=not rows_differ),
+                    data=ocp.args.JsonRestore(),
                 ),
             )
         except Exception as e:  # noqa: BLE001 - any damage to one step must not lose the run
@@ -189,9 +239,9 @@ class Checkpointer:
         """Whether ``step`` is a checkpoint step (every ``every`` steps)."""
         return self.manager.should_save(step)
 
-    def restore(self, abstract_state: Any) -> tuple[dict | None, int | None]:
+    def restore(self, abstract_state: Any, n_devices: int | None = None) -> tuple[dict | None, int | None]:
         """The newest readable checkpoint (see :func:`restore_latest`) and its step, or ``(None, None)``."""
-        return restore_latest(self.manager, abstract_state, self.save_dir)
+        return restore_latest(self.manager, abstract_state, self.save_dir, n_devices)
 
     def save(self, step: int, state: Any, position: dict, *, force: bool = False) -> None:
         """Save ``state`` and this process's data-stream ``position`` (all processes call it)."""

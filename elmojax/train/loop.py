@@ -54,7 +54,9 @@ class TrainConfig:
 
     ``optimizer`` names one of :data:`elmojax.train.optim.OPTIMIZERS` (bilm-tf's ``adagrad`` by
     default); ``sparse`` updates the softmax on the rows a step touches only, exact for some
-    optimisers only (:mod:`elmojax.train.optim`).
+    optimisers only (:mod:`elmojax.train.optim`). ``softmax_shards`` splits the softmax (and a
+    word-level token embedding) over that many devices (default: one slice or host's devices; 1:
+    replicated on every device; see :mod:`elmojax.parallel`).
     """
 
     save_dir: str
@@ -71,6 +73,7 @@ class TrainConfig:
     numerics: Numerics = Numerics()  # e.g. Numerics(compute_dtype="bfloat16")
     optimizer: str = "adagrad"
     sparse: bool = True
+    softmax_shards: int | None = None
 
 
 def train(
@@ -90,7 +93,7 @@ def train(
     save_dir = check_writable_dir(config.save_dir)
     with run_lock(save_dir):
         options, vocab = settle_options(options, config, save_dir)
-        par = DataParallel(options.training.batch_size, devices)
+        par = DataParallel(options.training.batch_size, devices, config.softmax_shards)
         step_config = StepConfig(
             options,
             len(vocab),
@@ -145,8 +148,10 @@ def settle_options(
         else:
             vocab = Vocabulary.from_file(config.vocab_file).require_specials()
             saved = prepare_options(options, config, vocab)
-        check_run_compatible(save_dir, saved)
-        options = saved
+        # the per-device batch size may change with the number of devices: the checkpoint's
+        # global batch is what must match (checked when it is restored)
+        check_run_compatible(save_dir, saved, ignore=("batch_size",))
+        options = saved.replace_training(batch_size=options.training.batch_size)
     else:
         if config.vocab_file is None:
             raise ElmoError("`vocab_file` is required for a new training run")
@@ -199,8 +204,14 @@ def restore_or_init(
     state (``init_from``'s biLM weights, if given) with the run's files written."""
     save_dir = ckpt.save_dir
     shapes = jax.eval_shape(lambda: init_state(step_config, par.global_rows, jax.random.PRNGKey(0)))
-    restored, latest = ckpt.restore(par.abstract_state(shapes))
+    restored, latest = ckpt.restore(par.abstract_state(shapes), n_devices=par.n_devices)
     if restored is not None:
+        processes = len(restored["data"]["process"])
+        if processes != jax.process_count():
+            raise ElmoError(
+                f"{save_dir}: checkpoint {latest} was written by {processes} process(es), each with its own "
+                f"position in the data; resume it with {processes} process(es), not {jax.process_count()}"
+            )
         stream.load_state_dict(restored["data"]["process"][str(jax.process_index())])
         if jax.process_index() == 0:  # the only writer: another process rewriting it could drop lines
             truncate_metrics(save_dir / METRICS_FILE, latest)
@@ -290,7 +301,8 @@ def run_steps(
     if primary:
         print(
             f"model: {flops_per_token / 1e9:.3f} GFLOP per token per training step (bilm-tf's count); "
-            f"{par.n_devices} device(s), {par.global_rows} rows, "
+            f"{par.n_devices} device(s), the softmax split {par.softmax_shards} way(s), "
+            f"{par.global_rows} rows, "
             f"compute dtype {config.numerics.compute_dtype}",
             file=sys.stderr,
         )

@@ -16,8 +16,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from elmojax.data.batches import StepBatch
+from elmojax.parallel import put_rows, take_rows
 
 #: parameters that a step touches only a few rows of: the softmax, a word-level token embedding
 SOFTMAX_W, SOFTMAX_B = ("softmax", "W"), ("softmax", "b")
@@ -67,33 +69,28 @@ def map_rows(fn: Callable, tree: Any, rows: dict[tuple, jax.Array], *others: Any
     return jax.tree_util.tree_map_with_path(visit, tree, *others)
 
 
-def gather_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
-    """Rows ``rows`` of ``x``; padding ids (out of range) read zeros."""
-    return jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
-
-
-def scatter_rows(x: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
-    """``x`` with rows ``rows`` set to ``values``; padding ids (out of range) are dropped."""
-    return x.at[rows].set(values.astype(x.dtype), mode="drop")
+#: the id that pads a step's row set: out of range of every table, so it reads zeros and is dropped
+PAD_ID = 2**31 - 1
 
 
 def sparse_view(
-    params: dict, batch: StepBatch, n_vocab: int, *, softmax: bool, embedding: bool
+    params: dict, batch: StepBatch, n_vocab: int, *, softmax: bool, embedding: bool, mesh: Mesh | None = None
 ) -> tuple[SparseView, dict, StepBatch]:
     """The rows of the sparse parameters a step touches, and the batch re-indexed into them.
 
     ``softmax``/``embedding`` say which parameters may be sparse. The softmax's rows are the
     distinct targets and sampled ids of both directions (``R = 2 B T + 2 S``, padded with the
-    out-of-range id ``V``); a word-level embedding's are the distinct entries of the token table.
-    Where ``R`` is not small against the vocabulary (:data:`SPARSE_FRACTION`) the parameter stays
-    dense. ``-> (view, view params, view batch)``.
+    out-of-range :data:`PAD_ID`); a word-level embedding's are the distinct entries of the token
+    table. Where ``R`` is not small against the vocabulary (:data:`SPARSE_FRACTION`) the parameter
+    stays dense. Rows split over ``mesh``'s shard axis are gathered from their owners
+    (:func:`elmojax.parallel.take_rows`). ``-> (view, view params, view batch)``.
     """
     rows: dict[tuple, jax.Array] = {}
     softmax_rows = None
     n_ids = batch.targets.size + (batch.sampled.size if batch.sampled is not None else 0)
     if softmax and batch.sampled is not None and n_ids <= SPARSE_FRACTION * n_vocab:
         ids = jnp.concatenate([batch.targets.reshape(-1), batch.sampled.reshape(-1)])
-        uniq, inverse = jnp.unique(ids, size=ids.size, fill_value=n_vocab, return_inverse=True)
+        uniq, inverse = jnp.unique(ids, size=ids.size, fill_value=PAD_ID, return_inverse=True)
         inverse = inverse.reshape(-1)
         softmax_rows = SoftmaxRows(
             targets=inverse[: batch.targets.size].reshape(batch.targets.shape),
@@ -103,20 +100,22 @@ def sparse_view(
     use_embedding = embedding and batch.table.size <= SPARSE_FRACTION * n_vocab
     if use_embedding:
         table = batch.table
-        uniq, inverse = jnp.unique(table, size=table.size, fill_value=n_vocab + 1, return_inverse=True)
+        uniq, inverse = jnp.unique(table, size=table.size, fill_value=PAD_ID, return_inverse=True)
         batch = batch._replace(table=inverse.reshape(table.shape))
         rows[WORD_EMBEDDING] = uniq
     view = SparseView(rows, softmax_rows, use_embedding)
-    return view, gather_view(params, view), batch
+    return view, gather_view(params, view, mesh), batch
 
 
-def gather_view(tree: Any, view: SparseView) -> Any:
+def gather_view(tree: Any, view: SparseView, mesh: Mesh | None = None) -> Any:
     """The view's rows of ``tree`` (params, or an optimiser state that mirrors them)."""
-    return map_rows(gather_rows, tree, view.rows) if view.rows else tree
+    if not view.rows:
+        return tree
+    return map_rows(lambda x, rows: take_rows(x, rows, mesh), tree, view.rows)
 
 
-def scatter_view(tree: Any, view: SparseView, updated: Any) -> Any:
+def scatter_view(tree: Any, view: SparseView, updated: Any, mesh: Mesh | None = None) -> Any:
     """``tree`` (params or optimiser state) with the view's rows replaced by ``updated``'s."""
     if not view.rows:
         return updated
-    return map_rows(scatter_rows, tree, view.rows, updated)
+    return map_rows(lambda x, rows, values: put_rows(x, rows, values, mesh), tree, view.rows, updated)

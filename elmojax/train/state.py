@@ -35,37 +35,42 @@ def init_state(
     config: StepConfig, global_rows: int, key: jax.Array, bilm_params: dict | None = None
 ) -> TrainState:
     """A fresh train state for ``global_rows`` rows; ``bilm_params`` (``{"params": ...}``, e.g. a
-    published model to continue training) replace the random biLM weights; the softmax is new."""
+    published model to continue training) replace the random biLM weights; the softmax is new.
+    Vocabulary-sized arrays get the rows of ``config.mesh`` (:func:`pad_vocab_rows`)."""
     if bilm_params is not None:
         bilm_params = jax.tree_util.tree_map(jnp.asarray, bilm_params)
+    layout = (config.vocab_rows, config.embedding_rows)
     n = config.numerics
     return _init_state(
-        config.options, config.n_vocab, config.optimizer, n.param_dtype, global_rows, key, bilm_params
+        config.options, config.n_vocab, layout, config.optimizer, n.param_dtype, global_rows, key, bilm_params
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _init_state(
     options: ElmoOptions,
     n_vocab: int,
+    layout: tuple[int, int | None],
     optimizer: str,
     param_dtype: str,
     global_rows: int,
     key: jax.Array,
     bilm_params: dict | None,
 ) -> TrainState:
-    # one compiled program per model, shared by every step configuration of it (compute dtype,
-    # sparse or dense, mesh): the initialisers' random draws are many small programs
+    # one compiled program per model and layout, shared by every step configuration of it (compute
+    # dtype, sparse or dense): the initialisers' random draws are many small programs
     k_model, k_softmax, k_rng = jax.random.split(key, 3)
-    bilm = (
-        bilm_params
-        if bilm_params is not None
-        else init_params(options, k_model, Numerics(param_dtype=param_dtype))
-    )
+    if bilm_params is None:
+        bilm_params = init_params(options, k_model, Numerics(param_dtype=param_dtype))
+    softmax = init_softmax(n_vocab, options.projection_dim, k_softmax, param_dtype)
     params = {
-        "bilm": bilm["params"],
-        "softmax": init_softmax(n_vocab, options.projection_dim, k_softmax, param_dtype),
+        "bilm": bilm_params["params"],
+        "softmax": {k: pad_rows(v, layout[0]) for k, v in softmax.items()},
     }
+    if layout[1] is not None:  # a word-level model's token embedding
+        embedder = dict(params["bilm"]["token_embedder"])
+        embedder["embedding"] = pad_rows(embedder["embedding"], layout[1])
+        params["bilm"] = {**params["bilm"], "token_embedder": embedder}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -74,3 +79,11 @@ def _init_state(
         rng=k_rng,
         bad_steps=jnp.zeros((), jnp.int32),
     )
+
+
+def pad_rows(x: jax.Array, n_rows: int) -> jax.Array:
+    """``x`` with zero rows appended up to ``n_rows``: a vocabulary-sized array split evenly over the
+    shard axis. Padding rows are never a target, a sample or a token, so they stay zero."""
+    if x.shape[0] == n_rows:
+        return x
+    return jnp.pad(x, [(0, n_rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))

@@ -70,10 +70,28 @@ class StepConfig:
         """Whether a word-level model's token embedding may be updated on the step's rows only."""
         return self.sparse and self.options.char_cnn is None
 
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the softmax: the vocabulary, padded to split evenly over the mesh's shards."""
+        return parallel.vocab_rows(self.n_vocab, self.mesh)
+
+    @property
+    def embedding_rows(self) -> int | None:
+        """Rows of a word-level model's token embedding (padding row 0 included), padded likewise;
+        None for character models."""
+        if self.options.char_cnn is not None:
+            return None
+        return parallel.vocab_rows(self.options.require_vocab_size() + 1, self.mesh)
+
     def view(self, params: dict, batch: StepBatch) -> tuple[SparseView, dict, StepBatch]:
         """The step's sparse view of ``params`` and ``batch`` (:func:`elmojax.train.sparse.sparse_view`)."""
         return sparse_view(
-            params, batch, self.n_vocab, softmax=self.sparse_softmax, embedding=self.sparse_embedding
+            params,
+            batch,
+            self.n_vocab,
+            softmax=self.sparse_softmax,
+            embedding=self.sparse_embedding,
+            mesh=self.mesh,
         )
 
 
@@ -92,12 +110,16 @@ def losses(
     a sparse ``view``, ``params`` holds only the view's rows of the softmax (and of a word
     embedding), which the view locates (see :mod:`elmojax.train.sparse`).
     """
-    model = config.model
+    model, mesh = config.model, config.mesh
+    sharded = parallel.row_shards(mesh) > 1
     variables = {"params": params["bilm"]}
     if view is not None and view.embedding:
         # the step's rows of the word embedding; flax would refuse the row view's shape, and the
         # word embedder is this one lookup
         vectors = jnp.take(params["bilm"]["token_embedder"]["embedding"], batch.table, axis=0)
+    elif sharded and config.options.char_cnn is None:  # each device's tokens, from the rows' owners
+        table = params["bilm"]["token_embedder"]["embedding"]
+        vectors = parallel.take_rows(table, batch.table, mesh, sharded_ids=True)
     else:
         vectors = model.apply(variables, batch.table, method=BiLM.embed_tokens)  # [D * U, P]
     # each device's rows look up its own block of the table: a batched gather over the device
@@ -125,12 +147,16 @@ def losses(
         flat = top.reshape(-1, top.shape[-1])
         labels = batch.targets[d].reshape(-1)
         if train and config.sample_softmax:
-            rows = None
+            rows, w_d, b_d = None, w, b
             if view is not None and view.softmax is not None:
                 rows = (view.softmax.targets[d].reshape(-1), view.softmax.sampled[d])
+            elif sharded:  # the rows of this direction's targets and negatives, from their owners
+                ids = jnp.concatenate([labels, batch.sampled[d]]).astype(jnp.int32)
+                w_d, b_d = parallel.take_rows(w, ids, mesh), parallel.take_rows(b, ids, mesh)
+                rows = (jnp.arange(labels.size), labels.size + jnp.arange(batch.sampled.shape[1]))
             per_token = sampled_softmax_loss(
-                w,
-                b,
+                w_d,
+                b_d,
                 flat,
                 labels,
                 batch.sampled[d],
@@ -140,7 +166,7 @@ def losses(
                 n_classes=config.n_vocab,
             )
         else:
-            per_token = full_softmax_loss(w, b, flat, labels, dot)
+            per_token = full_softmax_loss(w, b, flat, labels, dot, n_classes=config.n_vocab, mesh=mesh)
         m = masks[d].reshape(-1)
         sums.append(jnp.sum(jnp.where(m, per_token, 0.0)))
         counts.append(jnp.sum(m))
@@ -160,7 +186,7 @@ def train_step(state: TrainState, batch: StepBatch, config: StepConfig) -> tuple
         rng = jax.random.fold_in(state.rng, state.step)
         unroll = config.options.training.unroll_steps
         view, params, batch = config.view(state.params, batch)
-        opt_state = gather_view(state.opt_state, view)
+        opt_state = gather_view(state.opt_state, view, config.mesh)
 
         def loss_fn(params):
             sums, counts, new_lstm = losses(params, state.lstm, batch, rng, config, train=True, view=view)
@@ -182,8 +208,8 @@ def train_step(state: TrainState, batch: StepBatch, config: StepConfig) -> tuple
         params = optax.apply_updates(params, updates)
         new_state = TrainState(
             step=state.step + 1,
-            params=scatter_view(state.params, view, params),
-            opt_state=scatter_view(state.opt_state, view, opt_state),
+            params=scatter_view(state.params, view, params, config.mesh),
+            opt_state=scatter_view(state.opt_state, view, opt_state, config.mesh),
             lstm=jax.tree_util.tree_map(
                 lambda a, b: jnp.where(ok, jax.lax.stop_gradient(a), b), new_lstm, state.lstm
             ),

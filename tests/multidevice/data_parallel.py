@@ -1,4 +1,5 @@
-"""Data parallelism on 4 simulated devices: training equals one device; no step gathers activations.
+"""Data parallelism on 4 simulated devices: training (the softmax split four ways, the default)
+equals one device; with the softmax on every device, no step gathers anything.
 
 Run by ``tests/train/test_train.py::test_data_parallel_equals_single_device`` as
 ``python -m tests.multidevice.data_parallel TMP_DIR``.
@@ -49,10 +50,10 @@ def main(tmp: Path) -> None:
     print("maxdiff", diff)
     assert diff <= 1e-6, diff
 
-    # no device receives another's activations or token vectors, in training or in evaluation
-    # (the shapes of the "four" run: its compiled step comes from the persistent cache)
+    # plain data parallelism (the softmax on every device): no device receives another's
+    # activations or token vectors, in training or in evaluation
     vocab = Vocabulary.from_file(vocab_file)
-    par = DataParallel(options.training.batch_size, devices)
+    par = DataParallel(options.training.batch_size, devices, softmax_shards=1)
     options = options.replace(n_tokens_vocab=len(vocab))
     step_config = StepConfig(options, len(vocab), mesh=par.mesh)
     t = options.training

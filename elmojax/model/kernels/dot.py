@@ -48,6 +48,16 @@ class Dot:
             preferred_element_type=jnp.float32,
         )
 
+    def rows(self, a: Array, b: Array) -> Array:
+        """Row-wise dot products: ``a [N, k]``, ``b [N, k]`` -> ``[N]``."""
+        return jnp.einsum(
+            "nk,nk->n",
+            self.cast(a),
+            self.cast(b),
+            precision=self.precision,
+            preferred_element_type=jnp.float32,
+        )
+
     def last(self, x: Array, w: Array) -> Array:
         """``x [..., k] @ w [k, n] -> [..., n]``; on one device through a merged 2-D product (faster
         on the CPU), with a sharded batch without merging the leading axes (see :meth:`tn`)."""
