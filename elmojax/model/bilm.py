@@ -94,7 +94,10 @@ class CharCNN(nn.Module):
     ``max_characters_per_token`` columns the input must be trimmed as :func:`trim_char_ids` trims
     it: every token fits in the first ``chars - widest + 1`` columns. Then each filter only looks at
     windows starting there, and the windows made only of padding, which all share one value, are
-    folded in as that single value; that is the same maximum for far less work.
+    folded in as that single value; that is the same maximum for far less work. A table of more
+    than :data:`CONV_TOKENS` tokens (an accelerator's fixed table) is convolved in equal blocks of
+    tokens, one after the other, so that a filter's ``[tokens, positions, n]`` outputs, the CNN's
+    largest temporaries, exist for one block at a time; each token's maximum is the same.
     """
 
     options: CharCNNOptions
@@ -114,15 +117,30 @@ class CharCNN(nn.Module):
             w = self.param(f"W_cnn_{i}", init, (1, width, e, num), dtype)
             b = self.param(f"b_cnn_{i}", nn.initializers.zeros, (num,), dtype)
             if trimmed:
-                y = conv_max_pool(x[:, : starts + width - 1], w[0], dot)
+                y = _in_blocks(conv_max_pool, x[:, : starts + width - 1], w[0], dot)
                 pad_window = dot(pad, jnp.sum(w[0], axis=0))  # [n]
                 y = jnp.where(pad_window > y, pad_window, y)
             else:
-                y = conv_max_pool(x, w[0], dot)
+                y = _in_blocks(conv_max_pool, x, w[0], dot)
             # adding the bias after the max is exact: rounding is monotonic, so the same element wins
             y = y + b
             outs.append(jax.nn.relu(y) if relu else jnp.tanh(y))
         return jnp.concatenate(outs, axis=-1)
+
+
+#: tables of more tokens than this are convolved block by block (see :class:`CharCNN`)
+CONV_TOKENS = 2048
+
+
+def _in_blocks(conv_max_pool, x: Array, w: Array, dot) -> Array:
+    """``conv_max_pool(x, w, dot)`` over ``x [N, C, E]`` in the fewest equal blocks of at most
+    :data:`CONV_TOKENS` tokens (one block, the plain call, for small tables)."""
+    n = x.shape[0]
+    blocks = next((k for k in range(1, n + 1) if n % k == 0 and n // k <= CONV_TOKENS), 1)
+    if blocks == 1:
+        return conv_max_pool(x, w, dot)
+    y = jax.lax.map(lambda block: conv_max_pool(block, w, dot), x.reshape(blocks, n // blocks, *x.shape[1:]))
+    return y.reshape(n, -1)
 
 
 class Highway(nn.Module):

@@ -19,8 +19,10 @@ from elmojax.data.negatives import sample_negatives
 from elmojax.data.streams import BidirectionalStream
 from elmojax.data.vocab import Vocabulary
 from elmojax.errors import ElmoError
+from elmojax.export import export_run
 from elmojax.model import softmax
-from elmojax.options import options_from_dict
+from elmojax.model.weights import load_weights
+from elmojax.options import load_options, options_from_dict
 from elmojax.parallel import DataParallel, is_vocab_leaf, path_name
 from elmojax.train.checkpoints import restore_params
 from elmojax.train.loop import TrainConfig, train
@@ -176,6 +178,14 @@ def check_resume(tmp: Path) -> None:
     )
     print(f"resumed 8x2 -> 4x4 -> 1x16: max diff {worst:.1e}")
     assert worst <= 1e-5, worst
+    # the export of a run trained with the softmax split 8 ways holds exactly its biLM's parameters
+    out = export_run(tmp / "straight", tmp / "export" / "weights.hdf5")
+    exported = load_weights(out, load_options(out.parent / "options.json"))["params"]
+    restored = jax.tree_util.tree_leaves(a["bilm"])
+    assert all(
+        np.asarray(x).tobytes() == np.asarray(y).tobytes()
+        for x, y in zip(jax.tree_util.tree_leaves(exported), restored, strict=True)
+    )
     try:  # 4 devices x 2 rows = 8 rows against a checkpoint of 16
         train(base.replace_training(batch_size=2), TrainConfig(str(tmp / "resumed"), train_glob, vocab_file,
               max_steps=8, progress=False), devices=devices[:4])  # fmt: skip
