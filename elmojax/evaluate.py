@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from elmojax.data.batches import bucket_time
 from elmojax.data.chars import Batcher
@@ -29,6 +30,7 @@ from elmojax.model.start_state import rows_state, start_state
 from elmojax.options import N_DIRECTIONS
 from elmojax.parallel import DataParallel
 from elmojax.train.checkpoints import load_run, restore_params
+from elmojax.train.metrics import log_evaluation
 from elmojax.train.step import StepConfig, jit_eval_step
 
 
@@ -42,6 +44,7 @@ def evaluate(
     per_sentence: bool = False,
     start: str = "warm",
     numerics: Numerics | None = None,
+    progress: bool = False,
 ) -> dict:
     """Perplexities of the latest checkpoint in ``save_dir`` on the files matching ``test_prefix``.
 
@@ -49,7 +52,9 @@ def evaluate(
     cross-entropies), ``forward_perplexity``, ``backward_perplexity``, ``n_tokens`` (targets per
     direction), the ``step`` of the checkpoint and the ``start_state``; with ``per_sentence`` also
     ``per_sentence``: the same three perplexities with every sentence scored on its own.
-    ``numerics`` sets the compute dtype (e.g. ``Numerics(compute_dtype="bfloat16")``).
+    ``numerics`` sets the compute dtype (e.g. ``Numerics(compute_dtype="bfloat16")``); ``progress``
+    shows a bar over the target tokens. The perplexities also go to the run's TensorBoard events at
+    the checkpoint's step (:func:`elmojax.train.metrics.log_evaluation`; process 0 only).
     """
     options, vocab = load_run(save_dir)
     resolve_files(test_prefix, arg="test_prefix")
@@ -89,10 +94,12 @@ def evaluate(
     lstm = start_rows
     sums = np.zeros(N_DIRECTIONS, np.float64)
     counts = np.zeros(N_DIRECTIONS, np.int64)
+    bar = _token_bar(test_prefix, per_sentence, progress and jax.process_index() == 0)
     for windows in stream:
         s, c, lstm = jit_eval_step(params, lstm, par.batch(windows, options), config)
         sums += np.asarray(s, np.float64)
         counts += np.asarray(c)
+        bar.update(int(np.asarray(c)[0]))
     if counts.min() == 0:
         raise ElmoError(f"{test_prefix}: no tokens to evaluate")
     result = {**_perplexities(sums, counts), "n_tokens": int(counts[0]), "step": step, "start_state": start}
@@ -117,8 +124,24 @@ def evaluate(
             s, c, _ = jit_eval_step(params, start_rows, par.batch(windows, options), config)
             sums += np.asarray(s, np.float64)
             counts += np.asarray(c)
+            bar.update(int(np.asarray(c)[0]))
         result["per_sentence"] = _perplexities(sums, counts)
+    bar.close()
+    if jax.process_index() == 0:
+        log_evaluation(Path(save_dir), result)
     return result
+
+
+def _token_bar(test_prefix: str, per_sentence: bool, enabled: bool) -> tqdm:
+    """A bar over the targets to score (each token and each sentence's ``</S>``, per pass)."""
+    total = None
+    if enabled:  # one read of the held-out text, only when the bar is shown
+        total = 0
+        for path in resolve_files(test_prefix):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                total += sum(len(tokens) + 1 for tokens in map(str.split, f) if tokens)
+        total *= 2 if per_sentence else 1
+    return tqdm(total=total, disable=not enabled, unit="tok", unit_scale=True, desc="evaluating", leave=False)
 
 
 def _perplexities(sums: np.ndarray, counts: np.ndarray) -> dict[str, float]:

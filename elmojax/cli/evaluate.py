@@ -31,6 +31,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     flags.add_start_state(p, "where rows and sentences start")
     flags.add_compute_dtype(p)
     flags.add_compilation_cache(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> None:
         per_sentence=args.per_sentence,
         start=args.start_state,
         numerics=Numerics(compute_dtype=args.compute_dtype),
+        progress=not args.no_progress,
     )
     print(json.dumps(result))
     for name, r in (("", result), ("per-sentence ", result.get("per_sentence"))):
