@@ -35,8 +35,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-#: forward and backward perplexities of a sound model agree closely (see the README, "Where
-#: sentences start"); beyond this ratio ``evaluate`` warns
+#: forward and backward perplexities of a sound model agree closely (see ``docs/start-state.md``
+#: and ``docs/evaluating.md``); beyond this ratio ``evaluate`` warns
 DIRECTION_MARGIN = 1.25
 
 
