@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from elmojax.data.columnar import ArrowReader, ParquetReader
-from elmojax.data.compression import check_compressed, codec_of, inner_suffix, open_decompressed
+from elmojax.data.compression import check_compressed, codec_of, inner_suffix
 from elmojax.data.hf_dataset import dataset_files
 from elmojax.data.reading import FileReader, Progress, ReadCounts, ReadOptions, decoded_lines
 from elmojax.errors import ElmoError, InputTextError
@@ -75,9 +75,10 @@ class TableReader:
     """CSV/TSV with a header row; the text is the cell of ``column`` (quoted cells may span lines)."""
 
     def check(self, path: Path, options: ReadOptions) -> None:
-        with open_decompressed(path) as (f, _):
-            first = f.readline().decode("utf-8", errors="replace").removeprefix("\ufeff")
-        self._header(path, first, options)
+        first = next(decoded_lines(path, options, ReadCounts(), Progress(None, False)), None)
+        if first is None:
+            raise InputTextError(f"{path}: holds no header row (the decompressed file is empty)")
+        self._header(path, first[1], options)
 
     @staticmethod
     def _delimiter(path: Path, header_line: str) -> str:

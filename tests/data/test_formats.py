@@ -162,6 +162,14 @@ def bad_input(tmp_path: Path, case: str) -> tuple[list[str], str, str]:
         p = f.with_suffix(".txt.gz")
         p.write_bytes(corrupted_middle(gzip.compress(raw)))
         return [str(p)], str(p), "corrupt gzip data after line"
+    if case == "csv-gz-truncated":  # cut inside the header: found by the check, before any work
+        p = f.with_suffix(".csv.gz")
+        p.write_bytes(gzip.compress(b"speaker,transcript\n" + raw)[:20])
+        return (
+            [str(p), "--column", "transcript"],
+            str(p),
+            "the gzip stream is truncated before its first line",
+        )
     if case == "gz-not-gzip":
         p = f.with_suffix(".jsonl.gz")
         p.write_bytes(raw)
@@ -202,7 +210,15 @@ def bad_input(tmp_path: Path, case: str) -> tuple[list[str], str, str]:
 
 
 BAD = ["jsonl-missing-key", "jsonl-nested-missing", "jsonl-not-text", "jsonl-bad-json", "jsonl-no-key"]
-BAD += ["gz-truncated", "gz-corrupt", "gz-not-gzip", "xz-truncated", "bz2-truncated", "zst-truncated"]
+BAD += [
+    "gz-truncated",
+    "gz-corrupt",
+    "csv-gz-truncated",
+    "gz-not-gzip",
+    "xz-truncated",
+    "bz2-truncated",
+    "zst-truncated",
+]
 BAD += ["parquet-missing-column", "parquet-not-text", "parquet-corrupt", "hf-no-split"]
 
 
