@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from elmojax.data.batches import bucket_time
 from elmojax.data.chars import Batcher
@@ -29,6 +30,7 @@ from elmojax.model.start_state import rows_state, start_state
 from elmojax.options import N_DIRECTIONS, ElmoOptions
 from elmojax.parallel import DataParallel
 from elmojax.train.checkpoints import load_run, restore_params
+from elmojax.train.metrics import log_evaluation
 from elmojax.train.step import StepConfig, jit_eval_step
 
 
@@ -43,6 +45,7 @@ def evaluate(
     start: str = "warm",
     numerics: Numerics | None = None,
     softmax_shards: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Perplexities of the latest checkpoint in ``save_dir`` on the files matching ``test_prefix``.
 
@@ -54,6 +57,9 @@ def evaluate(
     ``softmax_shards`` splits the softmax over devices as training does (default: one slice or
     host's devices), so no device holds the whole vocabulary; the full softmax is computed in
     vocabulary tiles (:func:`elmojax.model.softmax.full_softmax_loss`), so memory stays bounded.
+    ``progress`` shows a bar over the target tokens. The perplexities also go to the run's
+    TensorBoard events at the checkpoint's step (:func:`elmojax.train.metrics.log_evaluation`;
+    process 0 only).
     """
     options, vocab = load_run(save_dir)
     resolve_files(test_prefix, arg="test_prefix")
@@ -95,10 +101,12 @@ def evaluate(
     lstm = start_rows
     sums = np.zeros(N_DIRECTIONS, np.float64)
     counts = np.zeros(N_DIRECTIONS, np.int64)
+    bar = _token_bar(test_prefix, per_sentence, progress and jax.process_index() == 0)
     for windows in stream:
         s, c, lstm = jit_eval_step(params, lstm, par.batch(windows, options), config)
         sums += np.asarray(s, np.float64)
         counts += np.asarray(c)
+        bar.update(int(np.asarray(c)[0]))
     if counts.min() == 0:
         raise ElmoError(f"{test_prefix}: no tokens to evaluate")
     result = {**_perplexities(sums, counts), "n_tokens": int(counts[0]), "step": step, "start_state": start}
@@ -123,7 +131,11 @@ def evaluate(
             s, c, _ = jit_eval_step(params, start_rows, par.batch(windows, options), config)
             sums += np.asarray(s, np.float64)
             counts += np.asarray(c)
+            bar.update(int(np.asarray(c)[0]))
         result["per_sentence"] = _perplexities(sums, counts)
+    bar.close()
+    if jax.process_index() == 0:
+        log_evaluation(Path(save_dir), result)
     return result
 
 
@@ -134,6 +146,18 @@ def model_params(params: dict, options: ElmoOptions) -> dict:
     embedder = dict(params["bilm"]["token_embedder"])
     embedder["embedding"] = embedder["embedding"][: options.require_vocab_size() + 1]
     return {**params["bilm"], "token_embedder": embedder}
+
+
+def _token_bar(test_prefix: str, per_sentence: bool, enabled: bool) -> tqdm:
+    """A bar over the targets to score (each token and each sentence's ``</S>``, per pass)."""
+    total = None
+    if enabled:  # one read of the held-out text, only when the bar is shown
+        total = 0
+        for path in resolve_files(test_prefix):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                total += sum(len(tokens) + 1 for tokens in map(str.split, f) if tokens)
+        total *= 2 if per_sentence else 1
+    return tqdm(total=total, disable=not enabled, unit="tok", unit_scale=True, desc="evaluating", leave=False)
 
 
 def _perplexities(sums: np.ndarray, counts: np.ndarray) -> dict[str, float]:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from elmojax.errors import ElmoError, InputTextError
 
@@ -54,16 +54,23 @@ def count_lines(path: str | Path) -> int:
 
 
 def read_text_lines(
-    path: str | Path, errors: str = "strict", start: int = 0, stop: int | None = None
+    path: str | Path,
+    errors: str = "strict",
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    stream: BinaryIO | None = None,
 ) -> Iterator[TextLine]:
     """The lines of a UTF-8 file, a leading BOM removed; invalid UTF-8 is an error naming the line
     and byte offset unless ``errors="replace"``, which substitutes U+FFFD and goes on.
 
     ``start``/``stop`` (0-based, ``stop`` exclusive) yield only those lines; the others are
-    skipped undecoded, so their bytes are not checked.
+    skipped undecoded, so their bytes are not checked. ``stream`` reads the bytes from an open
+    binary stream instead (a decompressed file), ``path`` naming it in errors.
     """
     offset = 0
-    with open(path, "rb") as f:
+    whole = "the decompressed text" if stream is not None else "the file"
+    with contextlib.nullcontext(stream) if stream is not None else open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if number <= start:
                 offset += len(raw)
@@ -77,7 +84,7 @@ def read_text_lines(
                 if errors != "replace":
                     raise InputTextError(
                         f"{path}: line {number}: invalid UTF-8 at byte {e.start} of the line "
-                        f"(byte {offset + e.start} of the file); re-encode the file as UTF-8 or set "
+                        f"(byte {offset + e.start} of {whole}); re-encode the file as UTF-8 or set "
                         "`errors` to replace"
                     ) from None
                 text, replaced = raw.decode("utf-8", errors="replace"), True

@@ -29,8 +29,8 @@ def retain_freed_memory() -> bool:
     process stays at its peak resident size, which a dedicated job reaches anyway. Call it before
     JAX's first computation; later calls are harmless but help less. Only the CPU backend gains:
     with a GPU, XLA's many compiler threads then contend for the single arena and compiling takes
-    several times as long, so it does nothing unless JAX will run on the CPU (the README's
-    benchmarks give the figures).
+    several times as long, so it does nothing unless JAX will run on the CPU (``docs/benchmarks.md``
+    gives the figures).
     Returns whether the settings were applied (CPU backend, glibc on Linux only).
     """
     if not sys.platform.startswith("linux") or not _cpu_only():

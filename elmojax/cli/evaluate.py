@@ -32,11 +32,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     flags.add_softmax_shards(p)
     flags.add_compute_dtype(p)
     flags.add_compilation_cache(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-#: forward and backward perplexities of a sound model agree closely (see the README, "Where
-#: sentences start"); beyond this ratio ``evaluate`` warns
+#: forward and backward perplexities of a sound model agree closely (see ``docs/start-state.md``
+#: and ``docs/evaluating.md``); beyond this ratio ``evaluate`` warns
 DIRECTION_MARGIN = 1.25
 
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> None:
         start=args.start_state,
         numerics=Numerics(compute_dtype=args.compute_dtype),
         softmax_shards=args.softmax_shards,
+        progress=not args.no_progress,
     )
     print(json.dumps(result))
     for name, r in (("", result), ("per-sentence ", result.get("per_sentence"))):

@@ -13,12 +13,26 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
         help="tokenize, shuffle and shard a corpus; write the vocabulary",
-        description="Turn raw text, a CSV/TSV column or a local TFDS dataset into DIR/train/shard_*.txt, "
-        "DIR/heldout/shard_*.txt (one tokenized sentence a line), DIR/vocab.txt and DIR/stats.json.",
+        description="Turn text, CSV/TSV, JSON Lines or Parquet files (text, CSV and JSON Lines also "
+        "compressed: .gz, .bz2, .xz, .zst), a local TFDS dataset or a Hugging Face dataset on disk into "
+        "DIR/train/shard_*.txt, DIR/heldout/shard_*.txt (one tokenized sentence a line), DIR/vocab.txt "
+        "and DIR/stats.json. The format is chosen by the file's suffix.",
     )
-    p.add_argument("inputs", metavar="INPUT", nargs="*", help="text (.txt) or CSV/TSV files, UTF-8")
+    p.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="*",
+        help="UTF-8 text (one paragraph a line), .csv/.tsv, .jsonl/.json/.ndjson, .parquet or .arrow "
+        "files; text, CSV and JSON Lines may end in .gz, .bz2, .xz or .zst (.zst needs the zstd extra)",
+    )
     flags.flag(p, "--out", required=True, help="output directory")
-    flags.flag(p, "--column", default=None, help="CSV/TSV column holding the text (e.g. transcript)")
+    flags.flag(
+        p,
+        "--column",
+        default=None,
+        help="CSV/TSV or Parquet/Arrow column holding the text (e.g. transcript; dots reach into struct "
+        "columns); any other file given with --column is read as CSV",
+    )
     flags.flag(
         p, "--heldout-fraction", type=float, default=0.01, help="share of sentences held out (default 0.01)"
     )
@@ -38,12 +52,27 @@ def add(sub: argparse._SubParsersAction) -> None:
         metavar="NAME[:SPLIT]",
         help="read a TensorFlow Datasets dataset already on disk (needs the tfds extra)",
     )
-    flags.flag(p, "--text-key", default=None, help="feature holding the text in the TFDS dataset")
+    flags.flag(
+        p,
+        "--text-key",
+        default=None,
+        help="key holding the text: in JSON Lines records (dots reach into nested objects, e.g. "
+        "meta.body), or the feature/field of the --tfds or --hf-dataset dataset",
+    )
     flags.flag(
         p,
         "--tfds-data-dir",
         default=None,
         help="TFDS data directory (default: TFDS's own, ~/tensorflow_datasets)",
+    )
+    flags.flag(
+        p,
+        "--hf-dataset",
+        default=None,
+        metavar="PATH[:SPLIT]",
+        help="read a Hugging Face dataset on disk: a folder written by save_to_disk or a local dataset "
+        "folder of JSON Lines/Parquet/CSV/text files (split default train; needs the hf extra for "
+        "Arrow and Parquet files; nothing is downloaded); the text is the --text-key field",
     )
     p.add_argument(
         "--errors",
@@ -58,8 +87,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from elmojax.data.prepare import prepare_corpus
 
-    if not args.inputs and not args.tfds:
-        raise ElmoError("give at least one INPUT file or a `tfds` dataset")
+    if not args.inputs and not args.tfds and not args.hf_dataset:
+        raise ElmoError("give at least one INPUT file, a `tfds` dataset or an `hf_dataset`")
     stats = prepare_corpus(
         args.inputs,
         args.out,
@@ -73,6 +102,7 @@ def run(args: argparse.Namespace) -> None:
         tfds=args.tfds,
         text_key=args.text_key,
         tfds_data_dir=args.tfds_data_dir,
+        hf_dataset=args.hf_dataset,
         errors=args.errors,
         progress=not args.no_progress,
     )

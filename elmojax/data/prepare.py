@@ -1,4 +1,5 @@
-"""Corpus preparation: raw text, a CSV/TSV column or a local TFDS dataset -> shards and vocabulary.
+"""Corpus preparation: text, CSV/TSV, JSON Lines, Parquet (compressed or not), or a dataset on disk
+(TFDS, Hugging Face) -> shards and vocabulary.
 
 ``prepare_corpus`` streams its inputs once (:mod:`elmojax.data.readers`), splits them into sentences
 and tokens (:mod:`elmojax.data.tokenize`), shuffles the sentences with a seeded external shuffle
@@ -68,18 +69,24 @@ def prepare_corpus(
     tfds: str | None = None,
     text_key: str | None = None,
     tfds_data_dir: str | None = None,
+    hf_dataset: str | None = None,
     errors: str = "strict",
     progress: bool = False,
 ) -> dict:
     """Tokenize, shuffle and shard ``inputs`` into ``out``; write the vocabulary and ``stats.json``.
 
-    Inputs are read in order: ``.csv``/``.tsv`` files (or any file when ``column`` is given) as
-    tables whose ``column`` holds the text, other files as one paragraph a line; then, with ``tfds``
-    (``NAME[:SPLIT]``), the ``text_key`` feature of a TFDS dataset already on disk. Lines without
-    tokens are skipped and counted. The shuffle and the held-out split depend only on the inputs and
-    ``seed``. Everything is built in a temporary directory inside ``out`` and moved into place at the
-    end, so an interrupted run leaves an earlier preparation intact. Returns the statistics written
-    to ``stats.json``.
+    Inputs are read in order, each by its suffix (:mod:`elmojax.data.readers`): ``.csv``/``.tsv``
+    files (or any other file when ``column`` is given) as tables whose ``column`` holds the text,
+    ``.jsonl``/``.json``/``.ndjson`` as JSON Lines with the text under ``text_key`` (dots reach
+    into nested objects), ``.parquet``/``.arrow`` with the text in ``column``, other files as one
+    paragraph a line; text, CSV and JSON Lines may be compressed (``.gz``, ``.bz2``, ``.xz``,
+    ``.zst``). Then, with ``tfds`` (``NAME[:SPLIT]``), the ``text_key`` feature of a TFDS dataset
+    already on disk, and with ``hf_dataset`` (``PATH[:SPLIT]``), the ``text_key`` field of a
+    Hugging Face dataset on disk (:mod:`elmojax.data.hf_dataset`). The same texts in the same order
+    give the same bytes, whatever their format. Lines without tokens are skipped and counted. The
+    shuffle and the held-out split depend only on the inputs and ``seed``. Everything is built in a
+    temporary directory inside ``out`` and moved into place at the end, so an interrupted run leaves
+    an earlier preparation intact. Returns the statistics written to ``stats.json``.
     """
     if not 0.0 <= heldout_fraction < 1.0:
         raise ElmoError(f"`heldout_fraction` {heldout_fraction}: must be at least 0 and below 1")
@@ -89,8 +96,8 @@ def prepare_corpus(
         raise ElmoError(f"`min_count` {min_count}: must be at least 1")
     if errors not in ("strict", "replace"):
         raise ElmoError(f"`errors` {errors}: use strict or replace")
-    if not inputs and not tfds:
-        raise ElmoError("give at least one input file or a `tfds` dataset")
+    if not inputs and not tfds and not hf_dataset:
+        raise ElmoError("give at least one input file, a `tfds` dataset or an `hf_dataset`")
 
     out = check_writable_dir(out)
     for stale in out.glob(".prepare-tmp-*"):
@@ -100,7 +107,7 @@ def prepare_corpus(
     try:
         stats = _prepare_into(
             tmp, inputs, ReadOptions(column, text_key, errors), heldout_fraction, sentences_per_shard,
-            seed, min_count, lowercase, tokenized, tfds, tfds_data_dir, progress,
+            seed, min_count, lowercase, tokenized, tfds, tfds_data_dir, hf_dataset, progress,
         )  # fmt: skip
         for name in ("train", "heldout"):
             if (out / name).exists():
@@ -118,13 +125,19 @@ def _input_texts(
     options: ReadOptions,
     tfds: str | None,
     tfds_data_dir: str | None,
+    hf_dataset: str | None,
     counts: ReadCounts,
     progress: bool,
 ) -> Iterator[str]:
-    """Every input's texts in order: the files, then the TFDS dataset."""
-    yield from read_files([check_input_file(p) for p in inputs], options, counts, progress)
+    """Every input's texts in order: the files, the TFDS dataset, the Hugging Face dataset. All are
+    opened and checked before the first text is read."""
+    sources = [read_files([check_input_file(p) for p in inputs], options, counts, progress)]
     if tfds:
-        yield from read_dataset("tfds", tfds, options, tfds_data_dir, counts, progress)
+        sources.append(read_dataset("tfds", tfds, options, tfds_data_dir, counts, progress))
+    if hf_dataset:
+        sources.append(read_dataset("hf", hf_dataset, options, None, counts, progress))
+    for texts in sources:
+        yield from texts
 
 
 def _prepare_into(
@@ -139,6 +152,7 @@ def _prepare_into(
     tokenized: bool,
     tfds: str | None,
     tfds_data_dir: str | None,
+    hf_dataset: str | None,
     progress: bool,
 ) -> dict:
     counts = ReadCounts()
@@ -152,7 +166,7 @@ def _prepare_into(
     used = 0
     n_sentences = 0
     try:
-        for text in _input_texts(inputs, read_options, tfds, tfds_data_dir, counts, progress):
+        for text in _input_texts(inputs, read_options, tfds, tfds_data_dir, hf_dataset, counts, progress):
             sentences = sentences_from_text(text, tokenized=tokenized, lowercase=lowercase)
             if not sentences:
                 counts.skipped_empty += 1
@@ -167,7 +181,9 @@ def _prepare_into(
         for f in buckets:
             f.close()
     if n_sentences == 0:
-        where = ", ".join(str(p) for p in inputs) or f"`tfds` {tfds}"
+        where = ", ".join(
+            [*map(str, inputs), *(f"`{k}` {v}" for k, v in (("tfds", tfds), ("hf_dataset", hf_dataset)) if v)]
+        )
         raise InputTextError(f"{where}: no text found (every line was empty); check the input and `column`")
 
     n_heldout = int(round(n_sentences * heldout_fraction))

@@ -1,99 +1,60 @@
 """Corpus readers for ``prepare``: one table from input format to reader, every input streamed.
 
 A reader turns one input into a stream of texts (a line of a text file, a cell of a CSV/TSV
-column, a field of a dataset's examples), counting what it reads and advancing the progress bar
-as it goes; nothing is held in memory beyond one record. :data:`FILE_READERS` maps a file format to
-its reader and :func:`file_format` picks one for a path; :data:`DATASET_READERS` does the same for
-datasets addressed by name (TensorFlow Datasets on disk). Bad input is an
-:class:`~elmojax.errors.InputTextError` naming the file, line or row and the key, raised before
-any work where it can be checked up front (a CSV header, a missing column).
+column, a field of a JSON Lines record, a value of a Parquet or Arrow column, a field of a
+dataset's examples), counting what it reads and advancing the progress bar as it goes; nothing is
+held in memory beyond one record (or one batch of a columnar file). :data:`FILE_READERS` maps a
+file format to its reader and :func:`file_format` picks one for a path by its suffix; text, CSV and
+JSON Lines files may be compressed (:mod:`elmojax.data.compression`). :data:`DATASET_READERS` does
+the same for datasets addressed by name (TensorFlow Datasets, Hugging Face datasets on disk). Bad
+input is an :class:`~elmojax.errors.InputTextError` naming the file, line or row and the key, raised
+before any work where it can be checked up front (a CSV header, a missing column, a key of the
+first record, a compressed file's magic bytes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import json
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from elmojax.data.columnar import ArrowReader, ParquetReader
+from elmojax.data.compression import check_compressed, codec_of, inner_suffix
+from elmojax.data.hf_dataset import dataset_files
+from elmojax.data.reading import FileReader, Progress, ReadCounts, ReadOptions, decoded_lines
 from elmojax.errors import ElmoError, InputTextError
-from elmojax.fileio import read_text_lines
 
-#: file suffixes read as tables (the text in one column)
-TABLE_SUFFIXES = (".csv", ".tsv", ".tab")
+__all__ = [
+    "DATASET_READERS",
+    "FILE_READERS",
+    "FileReader",
+    "Progress",
+    "ReadCounts",
+    "ReadOptions",
+    "file_format",
+    "read_dataset",
+    "read_files",
+]
 
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """What every reader may need: the text column of tables, the text key of records, and what to
-    do with invalid UTF-8 (``strict``: stop with the line and byte; ``replace``: U+FFFD)."""
-
-    column: str | None = None
-    text_key: str | None = None
-    errors: str = "strict"
-
-
-@dataclass
-class ReadCounts:
-    """What the readers saw: records read, records without text, lines whose bytes were replaced."""
-
-    input_lines: int = 0
-    skipped_empty: int = 0
-    replaced_lines: int = 0
-
-
-@dataclass
-class Progress:
-    """A progress bar over bytes (files) or records (datasets), or nothing."""
-
-    total: int | None
-    enabled: bool
-    unit: str = "B"
-    bar: object = field(init=False)
-
-    def __post_init__(self) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=self.total,
-            disable=not self.enabled,
-            unit=self.unit,
-            unit_scale=self.unit == "B",
-            desc="reading",
-            leave=False,
-        )
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-class FileReader(Protocol):
-    """Reads one file format."""
-
-    def check(self, path: Path, options: ReadOptions) -> None:
-        """Fail at once on what can be checked before reading (a header, a column name)."""
-
-    def texts(
-        self, path: Path, options: ReadOptions, counts: ReadCounts, progress: Progress
-    ) -> Iterator[str]:
-        """The file's texts, streamed."""
-
-
-def _decoded_lines(
-    path: Path, options: ReadOptions, counts: ReadCounts, progress: Progress
-) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each physical line, counting replaced lines and advancing the bar."""
-    for line in read_text_lines(path, options.errors):
-        progress.update(line.n_bytes)
-        counts.replaced_lines += line.replaced
-        yield line.number, line.text
+#: file suffix (after any compression suffix) -> format; other files are text, or tables with `column`
+SUFFIX_FORMATS = {
+    ".csv": "table",
+    ".tsv": "table",
+    ".tab": "table",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
+#: formats that compress inside the file and cannot be read through a compression layer
+_SELF_COMPRESSED = ("parquet", "arrow")
 
 
 class TextReader:
@@ -105,7 +66,7 @@ class TextReader:
     def texts(
         self, path: Path, options: ReadOptions, counts: ReadCounts, progress: Progress
     ) -> Iterator[str]:
-        for _, line in _decoded_lines(path, options, counts, progress):
+        for _, line in decoded_lines(path, options, counts, progress):
             counts.input_lines += 1
             yield line
 
@@ -114,32 +75,34 @@ class TableReader:
     """CSV/TSV with a header row; the text is the cell of ``column`` (quoted cells may span lines)."""
 
     def check(self, path: Path, options: ReadOptions) -> None:
-        with open(path, "rb") as f:
-            first = f.readline().decode("utf-8", errors="replace").removeprefix("\ufeff")
-        self._header(path, first, options.column)
+        first = next(decoded_lines(path, options, ReadCounts(), Progress(None, False)), None)
+        if first is None:
+            raise InputTextError(f"{path}: holds no header row (the decompressed file is empty)")
+        self._header(path, first[1], options)
 
     @staticmethod
     def _delimiter(path: Path, header_line: str) -> str:
-        suffix = path.suffix.lower()
+        suffix = inner_suffix(path)
         if suffix in (".tsv", ".tab"):
             return "\t"
         if suffix == ".csv":
             return ","
         return "\t" if "\t" in header_line and "," not in header_line else ","
 
-    def _header(self, path: Path, first_line: str, column: str | None) -> tuple[str, int, int]:
-        """(delimiter, index of ``column``, number of columns); errors list the columns found."""
+    def _header(self, path: Path, first_line: str, options: ReadOptions) -> tuple[str, int, int]:
+        """(delimiter, index of the text column, number of columns); errors list the columns found."""
+        column, arg = options.column, options.column_arg
         delimiter = self._delimiter(path, first_line)
         header = [h.strip() for h in next(csv.reader([first_line], delimiter=delimiter), [])]
         found = ", ".join(repr(h) for h in header) or "none"
         if column is None:
             raise InputTextError(
-                f"{path}: is a CSV/TSV file; set `column` to the name of the text column "
+                f"{path}: is a CSV/TSV file; set `{arg}` to the name of the text column "
                 f"(columns found: {found})"
             )
         if column not in header:
             raise InputTextError(
-                f"{path}: no column {column!r}; columns found: {found}. Choose one with `column`"
+                f"{path}: no column {column!r}; columns found: {found}. Choose one with `{arg}`"
             )
         return delimiter, header.index(column), len(header)
 
@@ -147,8 +110,11 @@ class TableReader:
         self, path: Path, options: ReadOptions, counts: ReadCounts, progress: Progress
     ) -> Iterator[str]:
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # paragraphs may be megabytes long
-        lines = _decoded_lines(path, options, counts, progress)
-        delimiter, index, n_columns = self._header(path, next(lines)[1], options.column)  # non-empty: checked
+        lines = decoded_lines(path, options, counts, progress)
+        first = next(lines, None)
+        if first is None:  # an empty file inside a compressed one
+            raise InputTextError(f"{path}: holds no header row (the decompressed file is empty)")
+        delimiter, index, n_columns = self._header(path, first[1], options)
         physical = [1]  # last physical line handed to the csv reader
 
         def feed() -> Iterator[str]:
@@ -183,22 +149,130 @@ class TableReader:
             raise InputTextError(f"{path}: has a header but no rows of text")
 
 
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}  # fmt: skip
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type ("an object", "a number", ...)."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def lookup(record: object, key: str, where: str) -> object:
+    """``record[key]``, dots reaching into nested objects (a literal key with dots wins); errors name
+    ``where`` (file and line) and list the keys found."""
+    if not isinstance(record, dict):
+        raise InputTextError(f"{where}: {json_type(record)} where a JSON object was expected; JSON Lines "
+                             "hold one object a line")  # fmt: skip
+    if key in record:
+        return record[key]
+    node, done = record, []
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if isinstance(node, dict):
+                keys = ", ".join(repr(k) for k in node) or "none"
+            else:
+                keys = f"none, {'.'.join(done)!r} is {json_type(node)}"
+            inside = f" of {'.'.join(done)!r}" if done else ""
+            raise InputTextError(
+                f"{where}: no key {key!r} (keys{inside}: {keys}); choose one with `text_key`"
+            )
+        node = node[part]
+        done.append(part)
+    return node
+
+
+class JsonlReader:
+    """JSON Lines: one JSON object a line, the text under ``text_key`` (``meta.body`` for nested
+    objects). A null is an empty text; blank lines are skipped and counted."""
+
+    def check(self, path: Path, options: ReadOptions) -> None:
+        first = self._first_record(path, options)
+        if options.text_key is None:
+            keys = ", ".join(repr(k) for k in first[1]) if first and isinstance(first[1], dict) else "none"
+            raise InputTextError(
+                f"{path}: is a JSON Lines file; set `text_key` to the key holding the text "
+                f"(keys of the first record: {keys})"
+            )
+        if first is not None:
+            self._text(first[1], options.text_key, f"{path}: line {first[0]}")
+
+    def _first_record(self, path: Path, options: ReadOptions) -> tuple[int, object] | None:
+        for number, line in decoded_lines(path, options, ReadCounts(), Progress(None, False)):
+            if line.strip():
+                return number, self._parse(line, f"{path}: line {number}")
+        return None
+
+    @staticmethod
+    def _parse(line: str, where: str) -> object:
+        try:
+            return json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as e:
+            at = e.msg if e.msg.endswith(" at") else f"{e.msg} at"  # json's "... starting at"
+            raise InputTextError(
+                f"{where}: not valid JSON ({at} column {e.colno}); JSON Lines hold one JSON object a line"
+            ) from None
+
+    @staticmethod
+    def _text(record: object, key: str, where: str) -> str:
+        value = lookup(record, key, where)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise InputTextError(
+                f"{where}: key {key!r} holds {json_type(value)}, not text; choose a text key with `text_key`"
+            )
+        return value
+
+    def texts(
+        self, path: Path, options: ReadOptions, counts: ReadCounts, progress: Progress
+    ) -> Iterator[str]:
+        for number, line in decoded_lines(path, options, counts, progress):
+            if not line.strip():
+                counts.skipped_empty += 1
+                continue
+            where = f"{path}: line {number}"
+            text = self._text(self._parse(line, where), options.text_key, where)
+            counts.input_lines += 1
+            yield text
+
+
 #: file format -> reader
-FILE_READERS: dict[str, FileReader] = {"text": TextReader(), "table": TableReader()}
+FILE_READERS: dict[str, FileReader] = {
+    "text": TextReader(),
+    "table": TableReader(),
+    "jsonl": JsonlReader(),
+    "parquet": ParquetReader(),
+    "arrow": ArrowReader(),
+}
 
 
 def file_format(path: Path, options: ReadOptions) -> str:
-    """The format a file is read as: a table when a column is named or by its suffix, else text."""
-    if options.column is not None or path.suffix.lower() in TABLE_SUFFIXES:
-        return "table"
-    return "text"
+    """The format a file is read as: by its suffix (after any compression suffix), else a table
+    when a column is named, else text."""
+    fmt = SUFFIX_FORMATS.get(inner_suffix(path))
+    if fmt in _SELF_COMPRESSED and codec_of(path) is not None:
+        raise InputTextError(
+            f"{path}: {fmt} files compress their own contents; decompress it to a plain .{fmt} file"
+        )
+    if fmt is not None:
+        return fmt
+    return "table" if options.column is not None else "text"
 
 
 def read_files(paths: list[Path], options: ReadOptions, counts: ReadCounts, progress: bool) -> Iterator[str]:
-    """The texts of every file in order, each by its format's reader; all are checked first."""
+    """The texts of every file in order, each by its format's reader; all are checked now, before
+    the first text is read."""
     readers = [FILE_READERS[file_format(p, options)] for p in paths]
     for path, reader in zip(paths, readers, strict=True):
+        check_compressed(path)
         reader.check(path, options)
+    return _read_checked(paths, readers, options, counts, progress)
+
+
+def _read_checked(
+    paths: list[Path], readers: list[FileReader], options: ReadOptions, counts: ReadCounts, progress: bool
+) -> Iterator[str]:
     bar = Progress(sum(p.stat().st_size for p in paths), progress)
     try:
         for path, reader in zip(paths, readers, strict=True):
@@ -207,8 +281,11 @@ def read_files(paths: list[Path], options: ReadOptions, counts: ReadCounts, prog
         bar.close()
 
 
-def read_tfds(spec: str, options: ReadOptions, data_dir: str | None, counts: ReadCounts) -> Iterator[str]:
-    """Text fields of a TensorFlow Datasets dataset ``NAME[:SPLIT]`` already on disk; never downloads."""
+def read_tfds(
+    spec: str, options: ReadOptions, data_dir: str | None, counts: ReadCounts, progress: bool
+) -> Iterator[str]:
+    """Text fields of a TensorFlow Datasets dataset ``NAME[:SPLIT]`` already on disk, with a progress
+    bar over its records; never downloads. The dataset is opened now, before the first text."""
     try:
         import tensorflow_datasets as tfds
     except ImportError:
@@ -226,6 +303,17 @@ def read_tfds(spec: str, options: ReadOptions, data_dir: str | None, counts: Rea
             f"`tfds` {spec}: cannot read this dataset from disk ({reason}); build it first "
             f"(e.g. `tfds build {name} --file_format=array_record`) — elmojax never downloads"
         ) from None
+    return _tfds_texts(spec, source, text_key, counts, progress)
+
+
+def _tfds_texts(spec: str, source, text_key: str | None, counts: ReadCounts, progress: bool) -> Iterator[str]:
+    with contextlib.closing(Progress(None, progress, unit="ex")) as bar:
+        yield from _tfds_examples(spec, source, text_key, counts, bar)
+
+
+def _tfds_examples(
+    spec: str, source, text_key: str | None, counts: ReadCounts, bar: Progress
+) -> Iterator[str]:
     for i, example in enumerate(source):
         if i == 0:
             text_fields = [k for k, v in example.items() if isinstance(v, str | bytes)]
@@ -245,22 +333,32 @@ def read_tfds(spec: str, options: ReadOptions, data_dir: str | None, counts: Rea
         elif not isinstance(value, str):
             raise ElmoError(f"`tfds` {spec}: feature {text_key!r} is not text (found {type(value).__name__})")
         counts.input_lines += 1
+        bar.update(1)
         yield value
 
 
-DatasetReader = Callable[[str, ReadOptions, "str | None", ReadCounts], Iterator[str]]
-#: dataset kind -> reader of ``(spec, options, data_dir, counts)``
-DATASET_READERS: dict[str, DatasetReader] = {"tfds": read_tfds}
+def read_hf(
+    spec: str, options: ReadOptions, data_dir: str | None, counts: ReadCounts, progress: bool
+) -> Iterator[str]:
+    """The ``text_key`` field of a split of a Hugging Face dataset on disk (``PATH[:SPLIT]``: a
+    ``save_to_disk`` folder or a local dataset folder, :mod:`elmojax.data.hf_dataset`), read by the
+    file readers with a progress bar over its bytes; never downloads. Its files are found and
+    checked now, before the first text."""
+    del data_dir  # the path is the dataset
+    files = dataset_files(spec)
+    if options.text_key is None:
+        raise ElmoError(f"`hf_dataset` {spec}: set `text_key` to the field holding the text")
+    by_key = dataclasses.replace(options, column=options.text_key, column_arg="text_key")
+    return read_files(files, by_key, counts, progress)
+
+
+DatasetReader = Callable[[str, ReadOptions, "str | None", ReadCounts, bool], Iterator[str]]
+#: dataset kind -> reader of ``(spec, options, data_dir, counts, progress)``
+DATASET_READERS: dict[str, DatasetReader] = {"tfds": read_tfds, "hf": read_hf}
 
 
 def read_dataset(
     kind: str, spec: str, options: ReadOptions, data_dir: str | None, counts: ReadCounts, progress: bool
 ) -> Iterator[str]:
-    """The texts of a dataset addressed by name, with a progress bar over its records."""
-    bar = Progress(None, progress, unit="ex")
-    try:
-        for text in DATASET_READERS[kind](spec, options, data_dir, counts):
-            bar.update(1)
-            yield text
-    finally:
-        bar.close()
+    """The texts of a dataset addressed by name, by its kind's reader (opened and checked now)."""
+    return DATASET_READERS[kind](spec, options, data_dir, counts, progress)

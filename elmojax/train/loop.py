@@ -31,13 +31,13 @@ from elmojax.data.streams import BidirectionalPosition, BidirectionalStream, cou
 from elmojax.data.vocab import Vocabulary
 from elmojax.errors import ElmoError
 from elmojax.fileio import check_writable_dir, is_disk_full
-from elmojax.model.flops import model_flops
+from elmojax.model.flops import model_flops, peak_tflops
 from elmojax.model.numerics import Numerics
 from elmojax.model.weights import load_weights
 from elmojax.options import ElmoOptions, load_options, options_from_dict
 from elmojax.parallel import DataParallel
 from elmojax.train.checkpoints import Checkpointer, check_run_compatible, disk_full_error, load_run
-from elmojax.train.metrics import METRICS_FILE, Meter, open_writers, truncate_metrics
+from elmojax.train.metrics import Meter, clear_run_metrics, open_writers, truncate_run_metrics
 from elmojax.train.runlock import RunLock
 from elmojax.train.state import TrainState, init_state
 from elmojax.train.step import StepConfig, jit_train_step
@@ -214,7 +214,7 @@ def restore_or_init(
             )
         stream.load_state_dict(restored["data"]["process"][str(jax.process_index())])
         if jax.process_index() == 0:  # the only writer: another process rewriting it could drop lines
-            truncate_metrics(save_dir / METRICS_FILE, latest)
+            truncate_run_metrics(save_dir, latest)
         print(f"resuming {save_dir} from step {latest}", file=sys.stderr)
         return restored["state"]
     options = step_config.options
@@ -223,7 +223,7 @@ def restore_or_init(
     if jax.process_index() == 0:
         options.save(save_dir / "options.json")
         vocab.save(save_dir / "vocab.txt")
-        (save_dir / METRICS_FILE).unlink(missing_ok=True)
+        clear_run_metrics(save_dir)
     return state
 
 
@@ -306,7 +306,9 @@ def run_steps(
             f"compute dtype {config.numerics.compute_dtype}",
             file=sys.stderr,
         )
-    meter = Meter(start, par.global_rows * t.unroll_steps, flops_per_token, t.learning_rate)
+    peak = peak_tflops(par.mesh.devices.flat[0].device_kind, config.numerics.compute_dtype)
+    meter = Meter(start, par.global_rows * t.unroll_steps, flops_per_token, t.learning_rate,
+                  peak_tflops=peak and peak * par.n_devices)  # fmt: skip
     position = stream.position()  # the stream position that belongs with `state`
     compiled: set[tuple[int, ...]] = set()
     last: dict = {}

@@ -2,14 +2,16 @@
 
 A record is a flat dict of numbers with its ``step``: the per-direction losses, train perplexity,
 tokens/s, model TFLOP/s, gradient norm, learning rate and compile seconds. :class:`Meter` makes
-the records; a :class:`MetricsWriter` writes them (``metrics.jsonl`` here; another backend is one
-more writer). Only process 0 writes. A resumed run first drops what was logged after the
-checkpoint it resumes from (:func:`truncate_metrics`), so no step is logged twice.
+the records; a :class:`MetricsWriter` writes them: ``metrics.jsonl`` and, with the ``tensorboard``
+extra, TensorBoard event files (:mod:`elmojax.train.tensorboard`). Only process 0 writes. A resumed
+run first drops what was logged after the checkpoint it resumes from (:func:`truncate_run_metrics`),
+so no step is logged twice; a new run in a directory starts both afresh (:func:`clear_run_metrics`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from elmojax.fileio import atomic_write_text
+from elmojax.train import tensorboard
 
 #: the file of a run directory that holds one JSON record a line
 METRICS_FILE = "metrics.jsonl"
@@ -68,10 +71,46 @@ class Writers:
 
 
 def open_writers(save_dir: Path, *, primary: bool) -> Writers:
-    """The writers of a run directory: ``metrics.jsonl`` on the primary process, nothing elsewhere."""
+    """The writers of a run directory: ``metrics.jsonl`` and the TensorBoard events (when
+    tensorboardX is installed) on the primary process, nothing elsewhere."""
     if not primary:
         return Writers([])
-    return Writers([JsonlWriter(save_dir / METRICS_FILE)])
+    board = tensorboard.open_tensorboard(save_dir)
+    return Writers([JsonlWriter(save_dir / METRICS_FILE), *([board] if board else [])])
+
+
+def log_evaluation(save_dir: Path, result: dict) -> None:
+    """Write ``evaluate``'s perplexities to the run's TensorBoard events at the checkpoint's step:
+    ``eval/perplexity``, ``eval/forward_perplexity``, ``eval/backward_perplexity``, ``eval/n_tokens``
+    and ``eval/per_sentence/...`` (``eval_zero/`` from the zero start state). A directory that
+    cannot be written to is a note, not an error: the result is still returned and printed."""
+    record = {k: v for k, v in result.items() if k != "per_sentence"}
+    for key, value in result.get("per_sentence", {}).items():
+        record[f"per_sentence/{key}"] = value
+    try:
+        board = tensorboard.open_tensorboard(
+            save_dir, "eval" if result["start_state"] == "warm" else "eval_zero"
+        )
+        if board is not None:
+            board.write(record)
+            board.close()
+    except OSError as e:
+        print(
+            f"note: perplexities not written to {save_dir / tensorboard.TENSORBOARD_DIR} ({e})",
+            file=sys.stderr,
+        )
+
+
+def truncate_run_metrics(save_dir: Path, step: int) -> None:
+    """Drop everything a run directory logged after ``step``: ``metrics.jsonl`` and the events."""
+    truncate_metrics(save_dir / METRICS_FILE, step)
+    tensorboard.truncate_events(save_dir, step)
+
+
+def clear_run_metrics(save_dir: Path) -> None:
+    """Remove what an earlier run logged in ``save_dir`` (a new run starts there)."""
+    (save_dir / METRICS_FILE).unlink(missing_ok=True)
+    tensorboard.clear_events(save_dir)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -92,13 +131,22 @@ class Meter:
     """Makes the metric records of a run: throughput over each logging interval, and totals.
 
     ``tokens_per_step`` counts tokens as bilm-tf counts ``n_train_tokens`` (rows x unroll steps);
-    ``flops_per_token`` is the model's count (:mod:`elmojax.model.flops`).
+    ``flops_per_token`` is the model's count (:mod:`elmojax.model.flops`). With ``peak_tflops``, the
+    dense peak of all the run's chips together, records have ``mfu``: model TFLOP/s over that peak.
     """
 
-    def __init__(self, start_step: int, tokens_per_step: int, flops_per_token: float, learning_rate: float):
+    def __init__(
+        self,
+        start_step: int,
+        tokens_per_step: int,
+        flops_per_token: float,
+        learning_rate: float,
+        peak_tflops: float | None = None,
+    ):
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.learning_rate = learning_rate
+        self.peak_tflops = peak_tflops
         self.tokens = start_step * tokens_per_step
         self.compile_s = 0.0  # first step of each table shape, compilation included
         self._since = 0
@@ -113,7 +161,7 @@ class Meter:
         self.tokens += self._since
         tokens_per_s = self._since / max(now - self._t_last, 1e-9)
         self._t_last, self._since = now, 0
-        return {
+        record = {
             "step": step,
             "tokens": self.tokens,
             "train_perplexity": float(np.exp(min(float(metrics["loss"]), 50.0))),
@@ -125,3 +173,6 @@ class Meter:
             "learning_rate": self.learning_rate,
             "compile_s": round(self.compile_s, 3),
         }
+        if self.peak_tflops:
+            record["mfu"] = record["model_tflops_per_s"] / self.peak_tflops
+        return record
