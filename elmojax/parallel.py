@@ -199,12 +199,17 @@ def tracing(mesh: Mesh | None) -> Iterator[None]:
         yield
 
 
-def batch_is_sharded() -> bool:
-    """Whether the computation being traced splits its batch over several devices (see :func:`tracing`)."""
+def batch_groups() -> int:
+    """Over how many devices the computation being traced splits its batch (see :func:`tracing`)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
-        return False
-    return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES])) > 1
+        return 1
+    return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES]))
+
+
+def batch_is_sharded() -> bool:
+    """Whether the computation being traced splits its batch over several devices (see :func:`tracing`)."""
+    return batch_groups() > 1
 
 
 # --- tables whose rows are split over the shard axis --------------------------------------------

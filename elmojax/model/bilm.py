@@ -33,6 +33,7 @@ import numpy as np
 from elmojax.model.kernels import get_kernels
 from elmojax.model.numerics import Numerics
 from elmojax.options import N_CHARACTERS, N_DIRECTIONS, PAD_CHAR, CharCNNOptions, ElmoOptions, LSTMOptions
+from elmojax.parallel import batch_groups
 
 Array = jax.Array
 #: LSTM states stay float32 whatever the compute dtype: the cell state accumulates over the stream
@@ -134,13 +135,25 @@ CONV_TOKENS = 2048
 
 def _in_blocks(conv_max_pool, x: Array, w: Array, dot) -> Array:
     """``conv_max_pool(x, w, dot)`` over ``x [N, C, E]`` in the fewest equal blocks of at most
-    :data:`CONV_TOKENS` tokens (one block, the plain call, for small tables)."""
+    :data:`CONV_TOKENS` tokens a device (one block, the plain call, for small tables).
+
+    The table's rows are split over the devices of the batch (each device's block of distinct
+    tokens): every block takes the same share of each device's rows, so no device reads another's.
+    """
     n = x.shape[0]
-    blocks = next((k for k in range(1, n + 1) if n % k == 0 and n // k <= CONV_TOKENS), 1)
+    groups = batch_groups()
+    groups = groups if n % groups == 0 else 1
+    per = n // groups
+    blocks = next((k for k in range(1, per + 1) if per % k == 0 and per // k <= CONV_TOKENS), 1)
     if blocks == 1:
         return conv_max_pool(x, w, dot)
-    y = jax.lax.map(lambda block: conv_max_pool(block, w, dot), x.reshape(blocks, n // blocks, *x.shape[1:]))
-    return y.reshape(n, -1)
+    rows = per // blocks
+    xs = x.reshape(groups, blocks, rows, *x.shape[1:]).swapaxes(0, 1)  # [blocks, groups, rows, C, E]
+
+    def block(b):  # [groups, rows, C, E]: the devices stay the leading axis
+        return conv_max_pool(b.reshape(groups * rows, *b.shape[2:]), w, dot).reshape(groups, rows, -1)
+
+    return jax.lax.map(block, xs).swapaxes(0, 1).reshape(n, -1)
 
 
 class Highway(nn.Module):

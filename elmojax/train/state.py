@@ -36,7 +36,7 @@ def init_state(
 ) -> TrainState:
     """A fresh train state for ``global_rows`` rows; ``bilm_params`` (``{"params": ...}``, e.g. a
     published model to continue training) replace the random biLM weights; the softmax is new.
-    Vocabulary-sized arrays get the rows of ``config.mesh`` (:func:`pad_vocab_rows`)."""
+    Vocabulary-sized arrays get the rows of ``config.mesh`` (:func:`pad_rows`)."""
     if bilm_params is not None:
         bilm_params = jax.tree_util.tree_map(jnp.asarray, bilm_params)
     layout = (config.vocab_rows, config.embedding_rows)

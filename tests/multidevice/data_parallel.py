@@ -17,6 +17,7 @@ from elmojax.data.chars import Batcher
 from elmojax.data.negatives import sample_negatives
 from elmojax.data.streams import BidirectionalStream
 from elmojax.data.vocab import Vocabulary
+from elmojax.model import bilm
 from elmojax.model.bilm import zero_state
 from elmojax.model.start_state import rows_state
 from elmojax.options import options_from_dict
@@ -51,7 +52,9 @@ def main(tmp: Path) -> None:
     assert diff <= 1e-6, diff
 
     # plain data parallelism (the softmax on every device): no device receives another's
-    # activations or token vectors, in training or in evaluation
+    # activations or token vectors, in training or in evaluation, also with the character CNN
+    # over its table in blocks (as over an accelerator's fixed table)
+    bilm.CONV_TOKENS = 16
     vocab = Vocabulary.from_file(vocab_file)
     par = DataParallel(options.training.batch_size, devices, softmax_shards=1)
     options = options.replace(n_tokens_vocab=len(vocab))
