@@ -101,6 +101,38 @@ def _texts(
         yield "" if value is None else value
 
 
+def _batch_texts(
+    pa,
+    batches,
+    column: int,
+    parts,
+    kind: str,
+    path: Path,
+    options: ReadOptions,
+    counts: ReadCounts,
+    progress: Progress,
+    position,
+) -> Iterator[str]:
+    """The texts of record ``batches``' column ``column``; a batch that cannot be read is an error
+    naming its first row, and the bar moves to ``position(rows read)`` after each batch."""
+    rows = reported = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise InputTextError(
+                f"{path}: row {rows + 1}: corrupt {kind} data ({_reason(e)}); the file is damaged"
+            ) from None
+        yield from _texts(pa, _values(pa, batch.column(column), parts), path, options.column, rows + 1,
+                          options, counts)  # fmt: skip
+        rows += batch.num_rows
+        now = position(rows)
+        progress.update(now - reported)
+        reported = now
+
+
 class ParquetReader:
     """A Parquet file, streamed row group by row group (``pyarrow.parquet.ParquetFile.iter_batches``)."""
 
@@ -121,23 +153,10 @@ class ParquetReader:
         pa, pf = self._open(path)
         parts = column_path(pa, pf.schema_arrow, options, path, "Parquet")
         size, n_rows = path.stat().st_size, max(pf.metadata.num_rows, 1)
-        rows = reported = 0
         batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=[parts[0]])
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            except (pa.ArrowException, OSError) as e:
-                raise InputTextError(
-                    f"{path}: row {rows + 1}: corrupt Parquet data ({_reason(e)}); the file is damaged"
-                ) from None
-            yield from _texts(pa, _values(pa, batch.column(0), parts), path, options.column, rows + 1,
-                              options, counts)  # fmt: skip
-            rows += batch.num_rows
-            now = size * rows // n_rows  # the bar moves through the file as its rows are read
-            progress.update(now - reported)
-            reported = now
+        # the bar moves through the file as its rows are read
+        position = lambda rows: size * rows // n_rows  # noqa: E731
+        yield from _batch_texts(pa, batches, 0, parts, "Parquet", path, options, counts, progress, position)
 
 
 class ArrowReader:
@@ -179,19 +198,6 @@ class ArrowReader:
             schema, batches, position = self._batches(pa, source, path)
             parts = column_path(pa, schema, options, path, "Arrow")
             index = schema.get_field_index(parts[0])
-            rows = reported = 0
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                except (pa.ArrowException, OSError) as e:
-                    raise InputTextError(
-                        f"{path}: row {rows + 1}: corrupt Arrow data ({_reason(e)}); the file is damaged"
-                    ) from None
-                yield from _texts(pa, _values(pa, batch.column(index), parts), path, options.column,
-                                  rows + 1, options, counts)  # fmt: skip
-                rows += batch.num_rows
-                now = position()
-                progress.update(now - reported)
-                reported = now
+            yield from _batch_texts(
+                pa, batches, index, parts, "Arrow", path, options, counts, progress, lambda _: position()
+            )
