@@ -67,6 +67,7 @@ class StepReport:
     xla_flops: float | None = None  # per chip, XLA's count of the compiled program
     model_flops: float = 0.0  # per chip, the model's count (elmojax.model.flops)
     compile_s: float = 0.0
+    placed: bool = True  # False: XLA refused the program for memory (the bytes are then its count)
 
 
 @dataclass
@@ -212,7 +213,7 @@ def check(
     ``batch_size`` rows per chip, and report what each needs per chip (see the module docstring).
 
     A compilation that fails because the program does not fit in memory is reported as a step
-    that does not fit (its bytes as large as XLA says it needed, where it says).
+    that XLA could not place (``placed=False``, its bytes what XLA's message says it needed).
     """
     numerics = numerics or Numerics()
     options = options.replace(n_tokens_vocab=n_vocab).replace_training(batch_size=batch_size)
@@ -246,7 +247,8 @@ def check(
         except Exception as e:  # noqa: BLE001 - XLA reports running out of memory as a runtime error
             if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
                 raise
-            reports.append(_out_of_memory(name, str(e), time.perf_counter() - t0))
+            persistent = state if name == "train" else state.params
+            reports.append(out_of_memory(name, str(e), _per_chip(persistent), time.perf_counter() - t0))
     kind = devices[0].device_kind
     hbm = hbm_bytes(kind)
     peak = max(r.per_chip_bytes for r in reports)
@@ -260,7 +262,7 @@ def check(
         n_vocab=n_vocab,
         compute_dtype=numerics.compute_dtype,
         steps=reports,
-        fits=hbm is not None and peak <= hbm,
+        fits=hbm is not None and peak <= hbm and all(r.placed for r in reports),
         per_chip_bytes=peak,
         compile_s=round(time.perf_counter() - t_all, 1),
     )
@@ -293,15 +295,26 @@ def _embed_report(
     return _analyse("embed", lowered, _per_chip(params), forward, t0)
 
 
-def _out_of_memory(name: str, message: str, compile_s: float) -> StepReport:
-    """A step XLA could not fit: the bytes it says it needed, where it says."""
+def out_of_memory(name: str, message: str, state_bytes: int, compile_s: float) -> StepReport:
+    """A step XLA refused for memory: the bytes its message says the program needs (TPU:
+    ``... required for HLO temporaries (17.93G) exceeds available HBM (15.75G)``), at least the
+    state's ``state_bytes`` a chip where it says nothing."""
     needed = 0
-    for pattern in (r"([\d.]+)([KMG])i?B? .*?(?:exceeds|more than|over)", r"requested\D*([\d.]+)([KMG])"):
-        m = re.search(pattern, message)
-        if m:
-            needed = int(float(m.group(1)) * {"K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)])
-            break
-    return StepReport(name, 0, needed, 0, 0, max(needed, 1 << 62), 0, compile_s=round(compile_s, 1))
+    m = re.search(r"([\d.]+)\s*([KMGT])i?B?\)?\s*(?:exceeds|is more than|more than|over)", message)
+    m = m or re.search(r"requested\D*([\d.]+)\s*([KMGT])", message)
+    if m:
+        needed = int(float(m.group(1)) * 2 ** (10 * "KMGT".index(m.group(2)) + 10))
+    return StepReport(
+        name,
+        argument_bytes=state_bytes,
+        temporary_bytes=needed,
+        output_bytes=0,
+        aliased_bytes=0,
+        per_chip_bytes=max(needed, state_bytes),
+        state_bytes=state_bytes,
+        compile_s=round(compile_s, 1),
+        placed=False,
+    )
 
 
 def summary(report: CompileReport) -> str:
@@ -309,9 +322,13 @@ def summary(report: CompileReport) -> str:
     gb = 1e9
     hbm = f"{report.hbm_bytes / gb:.1f} GB" if report.hbm_bytes else "unknown"
     lines = [
-        f"{report.topology}: {report.chips} x {report.device_kind} ({hbm} HBM each), softmax split "
-        f"{report.softmax_shards} ways, {report.batch_size} rows a chip, {report.n_vocab:,} words, "
-        f"{report.compute_dtype}",
+        f"{report.topology}: {report.chips} x {report.device_kind} ({hbm} HBM each), "
+        + (
+            f"softmax in {report.softmax_shards} shards"
+            if report.softmax_shards > 1
+            else "softmax on every chip"
+        )
+        + f", {report.batch_size} rows a chip, {report.n_vocab:,} words, {report.compute_dtype}",
         "| step | per chip | state | temporaries | outputs (aliased) | collectives "
         "| XLA / model GFLOP | compile s |",
         "|---|---|---|---|---|---|---|---|",
@@ -322,6 +339,12 @@ def summary(report: CompileReport) -> str:
             or "none"
         )
         xla = f"{r.xla_flops / 1e9:.1f}" if r.xla_flops is not None else "?"
+        if not r.placed:
+            lines.append(
+                f"| {r.name} | {r.per_chip_bytes / gb:.2f} GB (XLA could not place it) | "
+                f"{r.state_bytes / gb:.2f} GB | - | - | - | - | {r.compile_s} |"
+            )
+            continue
         lines.append(
             f"| {r.name} | {r.per_chip_bytes / gb:.2f} GB | {r.state_bytes / gb:.2f} GB | "
             f"{r.temporary_bytes / gb:.2f} GB | {r.output_bytes / gb:.2f} ({r.aliased_bytes / gb:.2f}) GB | "
@@ -334,16 +357,26 @@ def summary(report: CompileReport) -> str:
 
 def does_not_fit(report: CompileReport) -> str:
     """The one line for a configuration that does not fit."""
-    worst = max(report.steps, key=lambda r: r.per_chip_bytes)
+    worst = max(report.steps, key=lambda r: (not r.placed, r.per_chip_bytes))
     hbm = f"{report.hbm_bytes / 1e9:.1f} GB" if report.hbm_bytes else "an unknown amount of"
-    need = (
-        f"{worst.per_chip_bytes / 1e9:.2f} GB per chip (arguments {worst.argument_bytes / 1e9:.2f} + "
-        f"temporaries {worst.temporary_bytes / 1e9:.2f} + outputs {worst.output_bytes / 1e9:.2f} - "
-        f"aliased {worst.aliased_bytes / 1e9:.2f})"
-        if worst.argument_bytes
-        else "more memory than the chip has (XLA could not place it)"
-    )
+    if worst.placed:
+        need = (
+            f"{worst.per_chip_bytes / 1e9:.2f} GB per chip (arguments {worst.argument_bytes / 1e9:.2f} + "
+            f"temporaries {worst.temporary_bytes / 1e9:.2f} + outputs {worst.output_bytes / 1e9:.2f} - "
+            f"aliased {worst.aliased_bytes / 1e9:.2f})"
+        )
+    else:
+        need = (
+            f"{worst.per_chip_bytes / 1e9:.2f} GB per chip by XLA's count, which it could not place "
+            f"(the state alone is {worst.state_bytes / 1e9:.2f} GB)"
+        )
+    remedies = []
+    if report.softmax_shards < report.chips:
+        remedies.append(f"the softmax in more shards (`softmax_shards`, up to {report.chips})")
+    remedies += ["more chips", "a smaller `batch_size`"]
+    if report.compute_dtype != "bfloat16":
+        remedies.append("bfloat16 `compute_dtype`")
     return (
         f"{report.topology}: the {worst.name} step needs {need}, a {report.device_kind} chip has {hbm} HBM; "
-        "use more chips (more softmax shards), a smaller `batch_size` or bfloat16 `compute_dtype`"
+        f"use {', '.join(remedies[:-1])} or {remedies[-1]}"
     )

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from elmojax.cli import main
-from elmojax.compile_check import collectives, hbm_bytes
+from elmojax.cli import cli_message, main
+from elmojax.compile_check import CompileReport, collectives, does_not_fit, hbm_bytes, out_of_memory, summary
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
@@ -36,6 +36,32 @@ def test_collectives_are_counted_with_their_bytes():
 def test_chip_memory_by_device_kind():
     assert hbm_bytes("TPU v5 lite") == 16 * 2**30 and hbm_bytes("TPU v5") == 95 * 2**30
     assert hbm_bytes("TPU v4") == 32 * 2**30 and hbm_bytes("cpu") is None
+
+
+def test_a_step_xla_refuses_for_memory_is_reported_with_its_bytes():
+    """What libtpu says for ``original`` with 4M words and the softmax on every chip (17.2 GB of
+    state a chip): the step does not fit, with XLA's count in the line and the table."""
+    message = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+        "(17.93G) exceeds available HBM (15.75G)."
+    )
+    step = out_of_memory("train", message, state_bytes=17_160_000_000, compile_s=12.9)
+    assert not step.placed and step.temporary_bytes == int(17.93 * 2**30)
+    assert step.per_chip_bytes == int(17.93 * 2**30) and step.state_bytes == 17_160_000_000
+    kw = dict(topology="v5e:4x4", chips=16, device_kind="TPU v5 lite", hbm_bytes=16 * 2**30)
+    kw.update(softmax_shards=1, batch_size=128, n_vocab=4_000_000, compute_dtype="bfloat16")
+    report = CompileReport(**kw, steps=[step], fits=False, per_chip_bytes=step.per_chip_bytes, compile_s=13.0)
+    line = does_not_fit(report)
+    assert line.startswith("v5e:4x4: the train step needs 19.25 GB per chip by XLA's count, which it")
+    assert "(the state alone is 17.16 GB)" in line and "17.2 GB HBM" in line and "\n" not in line
+    assert line.endswith(
+        "use the softmax in more shards (`softmax_shards`, up to 16), more chips or a smaller `batch_size`"
+    )
+    assert "--softmax-shards, up to 16" in cli_message(line)
+    assert "| train | 19.25 GB (XLA could not place it) | 17.16 GB |" in summary(report)
+    assert "does NOT fit" in summary(report)
+    # a message without a size: at least the state
+    assert out_of_memory("eval", "RESOURCE_EXHAUSTED: out of memory", 5, 1.0).per_chip_bytes == 5
 
 
 @pytest.mark.skipif(HAS_LIBTPU, reason="libtpu is installed")

@@ -69,5 +69,5 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(report.to_dict()) if args.json else summary(report))
     if report.fits:
         return 0
-    print(f"elmojax compile-check: {does_not_fit(report)}", file=sys.stderr)
+    print(f"elmojax compile-check: {flags.cli_message(does_not_fit(report))}", file=sys.stderr)
     return DOES_NOT_FIT

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from elmojax.errors import ElmoError
 from elmojax.model.numerics import COMPUTE_DTYPES
 from elmojax.options import START_STATES
+
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def cli_message(error: BaseException | str) -> str:
+    """An error's message with each `` `argument` `` shown as its flag, ``--argument``."""
+    return _ARGUMENT.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(error))
 
 
 def flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs) -> None:

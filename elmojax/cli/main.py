@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 
 from elmojax.cli import compile_check, embed, evaluate, export, prepare, train
+from elmojax.cli.flags import cli_message
 from elmojax.errors import ElmoError
 from elmojax.runtime import enable_compilation_cache, retain_freed_memory, skip_absent_tpu
 
@@ -28,13 +28,6 @@ COMMANDS = {
 }
 #: commands that run JAX computations (process-wide settings apply before JAX starts)
 JAX_COMMANDS = ("train", "evaluate", "embed")
-
-_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`")
-
-
-def cli_message(error: BaseException) -> str:
-    """An error's message with each `` `argument` `` shown as its flag, ``--argument``."""
-    return _ARGUMENT.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(error))
 
 
 def build_parser() -> argparse.ArgumentParser:
