@@ -60,7 +60,7 @@ def add_distributed(parser: argparse.ArgumentParser, what: str = "") -> None:
     parser.add_argument(
         "--distributed",
         action="store_true",
-        help="call jax.distributed.initialize() first (several hosts; see docs or the README)"
+        help="call jax.distributed.initialize() first (several hosts; see docs/accelerators.md)"
         + (f"; {what}" if what else ""),
     )
     flag(parser, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")

@@ -33,7 +33,7 @@ from elmojax.options import START_STATES, ElmoOptions
 #: LSTMs in the kind of state a sentence starts from in training (after an ordinary sentence's
 #: ``</S>``). A text of sentence markers only (``<S> </S>`` repeated) is no substitute: empty
 #: sentences never occur in training, and on some models that text itself leads the forward LSTM
-#: into the saturated regime a zero state can (see the README, "Where sentences start").
+#: into the saturated regime a zero state can (see docs/start-state.md).
 WARMUP: tuple[tuple[str, ...], ...] = tuple(
     tuple(sentence.split())
     for sentence in (
