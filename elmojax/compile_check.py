@@ -45,7 +45,7 @@ HBM_BYTES: dict[str, int] = {
 }
 #: the collectives of an optimized HLO module (a ``-start``/``-done`` pair counts once)
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_COLLECTIVE = re.compile(rf"^\s*\S+ = (.+?) ({'|'.join(COLLECTIVES)})(-start)?\(", re.M)
+_COLLECTIVE = re.compile(rf"^\s*(?:ROOT )?\S+ = (.+?) ({'|'.join(COLLECTIVES)})(-start)?\(", re.M)
 _ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]")
 _DTYPE_BYTES = {"pred": 1, "bf16": 2}
 #: positions of an embedding batch in the check: sentences of up to 62 tokens

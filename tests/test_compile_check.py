@@ -15,13 +15,15 @@ from elmojax.compile_check import CompileReport, collectives, does_not_fit, hbm_
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
 #: collectives as the TPU compiler prints them: layouts, a tuple result with an index comment,
-#: an async pair (counted once), a fusion that only uses a collective's result
+#: an async pair (counted once), a fusion that only uses a collective's result, a collective that
+#: is the result of its computation (ROOT)
 HLO = """
   %all-reduce.3 = (s32[12]{0:T(128)S(1)}, f32[96,4]{0:T(128)}, /*index=2*/bf16[8]{0}) all-reduce(%a)
   %all-gather-start.1 = (f32[16,512]{1,0}, f32[64,512]{1,0}) all-gather-start(%x), dimensions={0}
   %all-gather-done.1 = f32[64,512]{1,0} all-gather-done(%all-gather-start.1)
   %fusion.9 = f32[64,512]{1,0} fusion(%all-gather-done.1), kind=kLoop
   %reduce-scatter.2 = pred[4]{0} reduce-scatter(%y), dimensions={0}
+  ROOT %all-to-all.7 = bf16[2,64]{1,0} all-to-all(%z), dimensions={0}
 """
 
 
@@ -30,6 +32,7 @@ def test_collectives_are_counted_with_their_bytes():
     assert got == {
         "all-gather": {"count": 1, "bytes": (16 * 512 + 64 * 512) * 4},
         "all-reduce": {"count": 1, "bytes": 12 * 4 + 96 * 4 * 4 + 8 * 2},
+        "all-to-all": {"count": 1, "bytes": 2 * 64 * 2},
         "reduce-scatter": {"count": 1, "bytes": 4},
     }
 
