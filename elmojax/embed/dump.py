@@ -85,8 +85,9 @@ def embed_file(
     total = n_tokens = 0
     for _, tokens in iter_sentences(input_file, errors, lines):
         total, n_tokens = total + 1, n_tokens + len(tokens)
-    layers = embedder.options.lstm.n_layers + 1 if output_format == "all" else 1
-    token_bytes = layers * embedder.options.output_dim * 4
+    # one token's bytes in the chosen format, from the format's own selection of [L + 1, T, 2P]
+    o = embedder.options
+    token_bytes = select(np.zeros((o.lstm.n_layers + 1, 1, o.output_dim), np.float32)).nbytes
     check_room(output_file, n_tokens * token_bytes + total * DATASET_OVERHEAD)
     sentences = iter_sentences(input_file, errors, lines)
     sentence_to_index: dict[str, str] = {}
@@ -97,12 +98,12 @@ def embed_file(
         tqdm(total=total, disable=not progress, unit="sent") as bar,
     ):
         while chunk := list(itertools.islice(sentences, CHUNK_BATCHES * batch_size)):
-            stream = embedder.embed_sentences([tokens for _, tokens in chunk], batch_size)
-            arrays = [select(emb).astype(np.float32) for emb in stream]
             # the disk may have filled since the first check: ask again before HDF5 writes
-            check_room(tmp, sum(a.nbytes for a in arrays) + len(arrays) * DATASET_OVERHEAD)
-            for (i, tokens), array in zip(chunk, arrays, strict=True):
-                fout.create_dataset(str(i), data=array)
+            chunk_tokens = sum(len(tokens) for _, tokens in chunk)
+            check_room(output_file, chunk_tokens * token_bytes + len(chunk) * DATASET_OVERHEAD)
+            stream = embedder.embed_sentences([tokens for _, tokens in chunk], batch_size)
+            for (i, tokens), emb in zip(chunk, stream, strict=True):
+                fout.create_dataset(str(i), data=select(emb).astype(np.float32))
                 sentence_to_index.setdefault(" ".join(tokens), str(i))
             n += len(chunk)
             bar.update(len(chunk))
