@@ -79,8 +79,8 @@ def evaluate(
         rows_per_device = -(-batch_size // n_dev)
     par = DataParallel(rows_per_device, devices, softmax_shards)
     config = StepConfig(options, len(vocab), numerics=numerics or Numerics(), mesh=par.mesh)
-    params, step = restore_params(save_dir, mesh=par.mesh)
-    batcher = Batcher(options.char_cnn.max_characters_per_token, vocab) if options.char_cnn else None
+    params, step = restore_params(save_dir, mesh=par.mesh, options=options)
+    batcher = Batcher(options.char_cnn.max_characters_per_token) if options.char_cnn else None
     start_lstm = start_state(
         config.model, {"params": model_params(params, options)}, start, batcher or TokenBatcher(vocab)
     )

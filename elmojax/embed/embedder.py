@@ -86,7 +86,7 @@ class Embedder:
         # full float32 matmuls by default: embeddings are compared against references
         numerics = numerics or Numerics(precision="highest")
         if options.char_cnn is not None:
-            self._batcher: Batcher | TokenBatcher = Batcher(options.char_cnn.max_characters_per_token, vocab)
+            self._batcher: Batcher | TokenBatcher = Batcher(options.char_cnn.max_characters_per_token)
             self._max_width: int | None = options.char_cnn.max_width
         else:
             self._batcher, self._max_width = TokenBatcher(vocab), None
