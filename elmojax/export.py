@@ -15,7 +15,7 @@ def export_run(save_dir: str | Path, outfile: str | Path) -> Path:
     """Write the latest checkpoint's biLM as a weights HDF5 in bilm-tf's layout, with ``options.json``
     (``n_characters`` 262) and ``vocab.txt`` beside it; each file is written atomically."""
     options, vocab = load_run(save_dir)
-    params, _ = restore_params(save_dir)
+    params, _ = restore_params(save_dir, options=options)
     outfile = Path(outfile)
     check_writable_dir(outfile.parent if str(outfile.parent) else Path("."))
     save_weights({"params": jax.device_get(params["bilm"])}, options, outfile)

@@ -67,21 +67,24 @@ def check_run_compatible(save_dir: Path, options: ElmoOptions, ignore: tuple[str
         )
 
 
-def restore_params(save_dir: str | Path, mesh: Mesh | None = None) -> tuple[dict, int]:
+def restore_params(
+    save_dir: str | Path, mesh: Mesh | None = None, options: ElmoOptions | None = None
+) -> tuple[dict, int]:
     """Parameters ``{"bilm", "softmax"}`` of the latest complete checkpoint and its step.
 
     Only the parameters are needed, so the target is built from the checkpoint's own metadata:
     this works whatever batch size or number of devices the run was trained with. Without a
     ``mesh`` they come whole on every device, vocabulary-sized ones with exactly the vocabulary's
     rows; with one, laid out as training lays them out on it (rows split over its shard axis and
-    padded to split evenly).
+    padded to split evenly). ``options`` are the run's (read from ``save_dir`` when not given).
     """
     save_dir = Path(save_dir)
     mngr = checkpoint_manager(save_dir)
     step = mngr.latest_step()
     if step is None:
         raise ElmoError(f"{save_dir}: no complete checkpoint found; train first (`elmojax train`)")
-    options, _ = load_run(save_dir)
+    if options is None:
+        options, _ = load_run(save_dir)
     n_vocab = options.require_vocab_size()
     meta = mngr.item_metadata(step)["state"]["params"]
     whole = parallel.replicated(parallel.data_mesh())
@@ -128,7 +131,7 @@ def _shape_mismatch(mngr: ocp.CheckpointManager, step: int, abstract_state: Any)
     return None, rows_differ
 
 
-def _batch_advice(mismatch: str, found: Any, abstract_state: Any, n_devices: int | None) -> str:
+def _batch_advice(found: Any, abstract_state: Any, n_devices: int | None) -> str:
     """What to do about a checkpoint of another global batch: the per-device batch size that matches."""
     saved = tuple(_leaves_by_name(found).get("lstm/c").shape)[2]
     needed = tuple(_leaves_by_name(abstract_state)["lstm/c"].shape)[2]
@@ -165,7 +168,7 @@ def restore_latest(
         except Exception:  # noqa: BLE001 - unreadable metadata: the restore below reports it
             mismatch, rows_differ = None, False
         if mismatch is not None:
-            advice = _batch_advice(mismatch, mngr.item_metadata(step)["state"], abstract_state, n_devices)
+            advice = _batch_advice(mngr.item_metadata(step)["state"], abstract_state, n_devices)
             raise ElmoError(f"{save_dir}: checkpoint {step} does not fit this run ({mismatch}); {advice}")
         try:
             restored = mngr.restore(

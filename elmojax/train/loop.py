@@ -143,14 +143,14 @@ def settle_options(
     directory (which the arguments must agree with)."""
     resolve_files(config.train_prefix, arg="train_prefix")  # fail early on a pattern that matches nothing
     if (save_dir / "options.json").exists():
-        if config.vocab_file is None:
+        if config.vocab_file is None:  # the run's own options and vocabulary
             saved, vocab = load_run(save_dir)
         else:
             vocab = Vocabulary.from_file(config.vocab_file).require_specials()
             saved = prepare_options(options, config, vocab)
-        # the per-device batch size may change with the number of devices: the checkpoint's
-        # global batch is what must match (checked when it is restored)
-        check_run_compatible(save_dir, saved, ignore=("batch_size",))
+            # the per-device batch size may change with the number of devices: the checkpoint's
+            # global batch is what must match (checked when it is restored)
+            check_run_compatible(save_dir, saved, ignore=("batch_size",))
         options = saved.replace_training(batch_size=options.training.batch_size)
     else:
         if config.vocab_file is None:

@@ -55,7 +55,7 @@ def direction_inputs(sent: list[str], d: int) -> tuple[list[str], list[str]]:
 class Scorer:
     def __init__(self, save_dir: str):
         self.options, self.vocab = load_run(save_dir)
-        self.params, self.step = restore_params(save_dir)
+        self.params, self.step = restore_params(save_dir, options=self.options)
         self.model = BiLM(self.options)
         self.batcher = Batcher(self.options.char_cnn.max_characters_per_token, self.vocab)
         lstm = self.options.lstm
