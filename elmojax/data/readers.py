@@ -348,6 +348,11 @@ def read_hf(
     files = dataset_files(spec)
     if options.text_key is None:
         raise ElmoError(f"`hf_dataset` {spec}: set `text_key` to the field holding the text")
+    if all(inner_suffix(f) == ".txt" for f in files):
+        # the Hub's text builder: every line an example whose one field is `text`
+        if options.text_key != "text":
+            raise ElmoError(f"`hf_dataset` {spec}: its text files have one field, text; use `text_key` text")
+        return read_files(files, dataclasses.replace(options, column=None), counts, progress)
     by_key = dataclasses.replace(options, column=options.text_key, column_arg="text_key")
     return read_files(files, by_key, counts, progress)
 

@@ -64,6 +64,10 @@ def formats(tmp_path_factory) -> tuple[Path, dict]:
     local.mkdir(parents=True)
     pq.write_table(table, local / "train-00000-of-00001.parquet")
     write_jsonl(local / "test-00000-of-00001.jsonl", ["not the train split"])
+    local_text = root / "local_text"
+    local_text.mkdir()
+    (local_text / "train.txt").write_bytes(raw)
+    (local_text / "test.txt").write_text("not the train split\n")
     sources = {
         "text": ([text], {}),
         "jsonl-nested": ([root / "corpus.jsonl"], {"text_key": "meta.body"}),
@@ -76,12 +80,13 @@ def formats(tmp_path_factory) -> tuple[Path, dict]:
         "hf-save_to_disk": ([], {"hf_dataset": str(root / "saved"), "text_key": "text"}),
         "hf-dataset-dict": ([], {"hf_dataset": f"{root / 'saved_dict'}:train", "text_key": "text"}),
         "hf-local-folder": ([], {"hf_dataset": str(root / "local"), "text_key": "text"}),
+        "hf-local-text": ([], {"hf_dataset": str(root / "local_text"), "text_key": "text"}),
     }
     return root, sources
 
 
 FORMATS = ["jsonl-nested", "jsonl.gz", "txt.gz", "txt.bz2", "txt.xz", "txt.zst", "parquet"]
-FORMATS += ["hf-save_to_disk", "hf-dataset-dict", "hf-local-folder"]
+FORMATS += ["hf-save_to_disk", "hf-dataset-dict", "hf-local-folder", "hf-local-text"]
 
 
 @pytest.mark.parametrize("name", FORMATS)
