@@ -24,7 +24,7 @@ import numpy as np
 
 from elmojax import parallel
 from elmojax.data.batches import StepBatch, bucket_count, fixed_table_size
-from elmojax.errors import ElmoError
+from elmojax.errors import ElmoError, first_line
 from elmojax.model.bilm import BiLM, zero_state
 from elmojax.model.flops import model_flops
 from elmojax.model.numerics import Numerics
@@ -104,7 +104,7 @@ def topology_devices(topology: str) -> list:
     try:
         return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
     except Exception as e:  # noqa: BLE001 - libtpu's errors for a name it does not know vary
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e, 200)
         raise ElmoError(
             f"`topology` {topology!r}: not a TPU topology libtpu knows ({first}); use names such as "
             "v5e:2x2, v5e:4x4, v4:2x2x2, v5p:2x2x2, v6e:2x2"

@@ -26,3 +26,10 @@ class WeightsError(ElmoError):
 
 class InputTextError(ElmoError):
     """Input text cannot be read (missing file, bad encoding, empty line where a sentence is needed)."""
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of a library's error message (at most ``limit`` characters), or the error's
+    type when it has no message: the reason quoted in a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

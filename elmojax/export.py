@@ -17,7 +17,7 @@ def export_run(save_dir: str | Path, outfile: str | Path) -> Path:
     options, vocab = load_run(save_dir)
     params, _ = restore_params(save_dir, options=options)
     outfile = Path(outfile)
-    check_writable_dir(outfile.parent if str(outfile.parent) else Path("."))
+    check_writable_dir(outfile.parent)
     save_weights({"params": jax.device_get(params["bilm"])}, options, outfile)
     options.save(outfile.parent / "options.json", for_export=True)
     vocab.save(outfile.parent / "vocab.txt")

@@ -117,7 +117,7 @@ def _default_mode() -> int:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
     path = Path(path)
-    check_writable_dir(path.parent if str(path.parent) else Path("."))
+    check_writable_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -149,9 +149,13 @@ def check_room(path: str | Path, n_bytes: int) -> None:
     so writers of HDF5 files ask before they write.
     """
     path = Path(path)
-    free = shutil.disk_usage(path.parent if str(path.parent) else Path(".")).free
+    free = shutil.disk_usage(path.parent).free
     if n_bytes > free:
         raise disk_full(path, f" (about {n_bytes / 2**20:.1f} MiB to write, {free / 2**20:.1f} MiB free)")
+
+
+#: how libraries that report errors as text (h5py, tensorstore) say the disk is full
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
 
 
 def is_disk_full(error: BaseException) -> bool:
@@ -163,7 +167,7 @@ def is_disk_full(error: BaseException) -> bool:
             return False
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if any(text in str(error) for text in ("No space left on device", "Disk quota exceeded")):
+        if any(text in str(error) for text in DISK_FULL_TEXTS):
             return True
         error = error.__cause__ or error.__context__
     return False

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from elmojax.data.reading import Progress, ReadCounts, ReadOptions
-from elmojax.errors import ElmoError, InputTextError
+from elmojax.errors import ElmoError, InputTextError, first_line
 
 #: rows decoded at a time from a Parquet row group
 BATCH_ROWS = 4096
@@ -29,11 +29,6 @@ def _pyarrow(path: Path, what: str, extra: str):
     except ImportError:
         raise ElmoError(f"{path}: reading {what} needs pyarrow; pip install 'elmojax[{extra}]'") from None
     return pyarrow
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def column_path(pa, schema, options: ReadOptions, path: Path, kind: str) -> list[str]:
@@ -123,7 +118,7 @@ def _batch_texts(
             return
         except (pa.ArrowException, OSError) as e:
             raise InputTextError(
-                f"{path}: row {rows + 1}: corrupt {kind} data ({_reason(e)}); the file is damaged"
+                f"{path}: row {rows + 1}: corrupt {kind} data ({first_line(e, 200)}); the file is damaged"
             ) from None
         yield from _texts(pa, _values(pa, batch.column(column), parts), path, options.column, rows + 1,
                           options, counts)  # fmt: skip
@@ -141,7 +136,7 @@ class ParquetReader:
         try:
             return pa, pa.parquet.ParquetFile(path)
         except (pa.ArrowException, OSError) as e:
-            raise InputTextError(f"{path}: not a readable Parquet file ({_reason(e)})") from None
+            raise InputTextError(f"{path}: not a readable Parquet file ({first_line(e, 200)})") from None
 
     def check(self, path: Path, options: ReadOptions) -> None:
         pa, pf = self._open(path)
@@ -182,7 +177,7 @@ class ArrowReader:
             reader = pa.ipc.open_stream(source)
             return reader.schema, iter(reader), source.tell
         except (pa.ArrowException, OSError) as e:
-            raise InputTextError(f"{path}: not a readable Arrow file ({_reason(e)})") from None
+            raise InputTextError(f"{path}: not a readable Arrow file ({first_line(e, 200)})") from None
 
     def check(self, path: Path, options: ReadOptions) -> None:
         pa = _pyarrow(path, "Arrow files (Hugging Face datasets)", "hf")

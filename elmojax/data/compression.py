@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from elmojax.errors import ElmoError, InputTextError
+from elmojax.errors import ElmoError, InputTextError, first_line
 
 #: file suffix -> codec name
 CODECS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
@@ -155,7 +155,7 @@ def decompression_error(path: Path, error: BaseException, lines_read: int) -> In
             f"{path}: the {codec} stream is truncated {where} (it ends before its end-of-stream marker); "
             "the file was cut short: copy or download it again"
         )
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first_line(error)
     return InputTextError(
         f"{path}: corrupt {codec} data {where} ({reason}); the file is damaged: copy or download it again"
     )

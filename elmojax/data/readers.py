@@ -28,7 +28,7 @@ from elmojax.data.columnar import ArrowReader, ParquetReader
 from elmojax.data.compression import check_compressed, codec_of, inner_suffix
 from elmojax.data.hf_dataset import dataset_files
 from elmojax.data.reading import FileReader, Progress, ReadCounts, ReadOptions, decoded_lines
-from elmojax.errors import ElmoError, InputTextError
+from elmojax.errors import ElmoError, InputTextError, first_line
 
 __all__ = [
     "DATASET_READERS",
@@ -298,7 +298,7 @@ def read_tfds(
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises many types (not found, not built, wrong format)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ElmoError(
             f"`tfds` {spec}: cannot read this dataset from disk ({reason}); build it first "
             f"(e.g. `tfds build {name} --file_format=array_record`) — elmojax never downloads"

@@ -25,8 +25,8 @@ from jax.sharding import Mesh
 
 from elmojax import parallel
 from elmojax.data.vocab import Vocabulary
-from elmojax.errors import ElmoError
-from elmojax.fileio import is_disk_full
+from elmojax.errors import ElmoError, first_line
+from elmojax.fileio import DISK_FULL_TEXTS, is_disk_full
 from elmojax.options import ElmoOptions, load_options
 
 
@@ -180,7 +180,7 @@ def restore_latest(
             )
         except Exception as e:  # noqa: BLE001 - any damage to one step must not lose the run
             unreadable.append(step)
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            first = first_line(e, 200)
             print(
                 f"warning: {save_dir}: checkpoint {step} is unreadable ({first}); trying an older one",
                 file=sys.stderr,
@@ -215,7 +215,7 @@ def _quiet_disk_full(logger: logging.Logger) -> Iterator[None]:
     the failure with a traceback before the save raises it, and the save's error says it once."""
 
     def keep(record: logging.LogRecord) -> bool:
-        return not any(s in record.getMessage() for s in ("No space left on device", "Disk quota exceeded"))
+        return not any(s in record.getMessage() for s in DISK_FULL_TEXTS)
 
     logger.addFilter(keep)
     try:
