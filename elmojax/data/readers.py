@@ -75,10 +75,9 @@ class TableReader:
     """CSV/TSV with a header row; the text is the cell of ``column`` (quoted cells may span lines)."""
 
     def check(self, path: Path, options: ReadOptions) -> None:
-        first = next(decoded_lines(path, options, ReadCounts(), Progress(None, False)), None)
-        if first is None:
-            raise InputTextError(f"{path}: holds no header row (the decompressed file is empty)")
-        self._header(path, first[1], options)
+        self._header(
+            path, next(decoded_lines(path, options, ReadCounts(), Progress(None, False)), None), options
+        )
 
     @staticmethod
     def _delimiter(path: Path, header_line: str) -> str:
@@ -89,11 +88,16 @@ class TableReader:
             return ","
         return "\t" if "\t" in header_line and "," not in header_line else ","
 
-    def _header(self, path: Path, first_line: str, options: ReadOptions) -> tuple[str, int, int]:
-        """(delimiter, index of the text column, number of columns); errors list the columns found."""
+    def _header(
+        self, path: Path, first: tuple[int, str] | None, options: ReadOptions
+    ) -> tuple[str, int, int]:
+        """(delimiter, index of the text column, number of columns) from the file's first decoded
+        line (None: an empty file inside a compressed one); errors list the columns found."""
+        if first is None:
+            raise InputTextError(f"{path}: holds no header row (the decompressed file is empty)")
         column, arg = options.column, options.column_arg
-        delimiter = self._delimiter(path, first_line)
-        header = [h.strip() for h in next(csv.reader([first_line], delimiter=delimiter), [])]
+        delimiter = self._delimiter(path, first[1])
+        header = [h.strip() for h in next(csv.reader([first[1]], delimiter=delimiter), [])]
         found = ", ".join(repr(h) for h in header) or "none"
         if column is None:
             raise InputTextError(
@@ -111,10 +115,7 @@ class TableReader:
     ) -> Iterator[str]:
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # paragraphs may be megabytes long
         lines = decoded_lines(path, options, counts, progress)
-        first = next(lines, None)
-        if first is None:  # an empty file inside a compressed one
-            raise InputTextError(f"{path}: holds no header row (the decompressed file is empty)")
-        delimiter, index, n_columns = self._header(path, first[1], options)
+        delimiter, index, n_columns = self._header(path, next(lines, None), options)
         physical = [1]  # last physical line handed to the csv reader
 
         def feed() -> Iterator[str]:
