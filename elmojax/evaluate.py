@@ -22,7 +22,13 @@ from tqdm import tqdm
 
 from elmojax.data.batches import bucket_time
 from elmojax.data.chars import Batcher
-from elmojax.data.streams import BidirectionalStream, SentenceStream, resolve_files, sentence_windows
+from elmojax.data.streams import (
+    BidirectionalStream,
+    SentenceStream,
+    count_tokens,
+    resolve_files,
+    sentence_windows,
+)
 from elmojax.data.vocab import TokenBatcher, Vocabulary
 from elmojax.errors import ElmoError
 from elmojax.model.numerics import Numerics
@@ -152,11 +158,7 @@ def _token_bar(test_prefix: str, per_sentence: bool, enabled: bool) -> tqdm:
     """A bar over the targets to score (each token and each sentence's ``</S>``, per pass)."""
     total = None
     if enabled:  # one read of the held-out text, only when the bar is shown
-        total = 0
-        for path in resolve_files(test_prefix):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                total += sum(len(tokens) + 1 for tokens in map(str.split, f) if tokens)
-        total *= 2 if per_sentence else 1
+        total = count_tokens(test_prefix, markers=True) * (2 if per_sentence else 1)
     return tqdm(total=total, disable=not enabled, unit="tok", unit_scale=True, desc="evaluating", leave=False)
 
 

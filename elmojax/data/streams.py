@@ -71,12 +71,16 @@ def _read_shard(path: str) -> list[list[str]]:
         ) from None
 
 
-def count_tokens(pattern: str | Sequence[str]) -> int:
-    """Whitespace tokens in all files of ``pattern`` (bilm-tf's ``n_train_tokens``; no markers)."""
+def count_tokens(pattern: str | Sequence[str], markers: bool = False) -> int:
+    """Whitespace tokens in all files of ``pattern`` (bilm-tf's ``n_train_tokens``); with
+    ``markers`` each sentence (non-empty line) counts one more, its ``</S>`` target."""
     total = 0
     for path in resolve_files(pattern):
         with open(path, encoding="utf-8", errors="replace") as f:
-            total += sum(len(line.split()) for line in f)
+            if markers:
+                total += sum(len(tokens) + 1 for tokens in map(str.split, f) if tokens)
+            else:
+                total += sum(len(line.split()) for line in f)
     return total
 
 
