@@ -47,7 +47,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     flags.flag(p, "--log-every", type=int, default=10, help="steps between metric lines (default 10)")
     flags.add_softmax_shards(p)
     flags.add_distributed(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_progress(p)
     flags.add_compute_dtype(p)
     flags.add_compilation_cache(p)
     p.set_defaults(func=run)
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         log_every=args.log_every,
-        progress=not args.no_progress,
+        progress=flags.show_progress(args),
         numerics=Numerics(compute_dtype=args.compute_dtype),
         softmax_shards=args.softmax_shards,
     )
