@@ -37,6 +37,7 @@ from elmojax.model.weights import load_weights
 from elmojax.options import ElmoOptions, load_options, options_from_dict
 from elmojax.parallel import DataParallel
 from elmojax.train.checkpoints import Checkpointer, check_run_compatible, disk_full_error, load_run
+from elmojax.train.heldout import HeldOut
 from elmojax.train.metrics import Meter, clear_run_metrics, open_writers, truncate_run_metrics
 from elmojax.train.runlock import RunLock
 from elmojax.train.state import TrainState, init_state
@@ -74,6 +75,11 @@ class TrainConfig:
     optimizer: str = "adagrad"
     sparse: bool = True
     softmax_shards: int | None = None
+    # held-out perplexity while training (elmojax.train.heldout); eval_every defaults to checkpoint_every
+    heldout_prefix: str | None = None
+    eval_every: int | None = None
+    heldout_tokens: int | None = None
+    keep_best: bool = False
 
 
 def train(
@@ -313,6 +319,7 @@ def run_steps(
     compiled: set[tuple[int, ...]] = set()
     last: dict = {}
     producer = BatchProducer(stream, par, step_config, config.seed, start)
+    heldout = HeldOut.create(config, step_config, par, stream.streams[0].vocab)
     bar = tqdm(total=last_step, initial=start, disable=not config.progress or not primary, unit="step",
                dynamic_ncols=True)  # fmt: skip
     with (
@@ -346,6 +353,8 @@ def run_steps(
             # otherwise queues the next step while this one runs
             if ckpt.due(step) and int(state.bad_steps) == 0:
                 ckpt.save(step, state, position.to_dict())
+            if heldout is not None and heldout.due(step):
+                heldout(step, state.params, writers, ckpt)
             if preempt.signal is not None:
                 ckpt.save(step, state, position.to_dict(), force=True)
                 print(
