@@ -11,6 +11,7 @@ import pytest
 
 from elmojax.evaluate import evaluate
 from elmojax.train.loop import TrainConfig, train
+from tests.helpers import train_argv
 from tests.test_distributed import run_processes
 
 FIGURES = ("perplexity", "forward_perplexity", "backward_perplexity")
@@ -51,4 +52,40 @@ def test_two_processes_evaluate_uneven_shards_as_one_process(tmp_path, corpus, t
     for figure in FIGURES:
         assert two[figure] == pytest.approx(one[figure], rel=1e-5), figure
         assert two["per_sentence"][figure] == pytest.approx(one["per_sentence"][figure], rel=1e-5), figure
-    print({f: (one[f], two[f]) for f in FIGURES})
+        print(f"{figure}: relative difference {two[figure] / one[figure] - 1:.1e}", end="; ")
+        print(f"per sentence {two['per_sentence'][figure] / one['per_sentence'][figure] - 1:.1e}")
+
+
+@pytest.mark.e2e
+def test_two_processes_training_heldout_record_equals_one_process_evaluate(tmp_path, corpus):
+    run = tmp_path / "run"
+    heldout = uneven_shards(tmp_path / "heldout")
+    extra = (
+        "--max-steps",
+        "4",
+        "--checkpoint-every",
+        "4",
+        "--heldout-prefix",
+        heldout,
+        "--heldout-tokens",
+        "150",
+    )
+    results = run_processes(
+        train_argv(corpus.options_file, corpus.train, corpus.vocab, run, *extra), timeout=300
+    )
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (record,) = [r for r in records if "heldout_perplexity" in r]
+    # 2 processes x 4 rows: one device with 8 rows scores the same text the same way
+    one = evaluate(run, heldout, batch_size=8, max_tokens=150, devices=jax.devices()[:1])
+    assert record["step"] == one["step"] == 4
+    assert record["heldout_tokens"] == one["n_tokens"] <= 150
+    pairs = zip(
+        ("heldout_perplexity", "heldout_perplexity_forward", "heldout_perplexity_backward"),
+        FIGURES,
+        strict=True,
+    )
+    for key, figure in pairs:
+        assert record[key] == pytest.approx(one[figure], rel=1e-5), key
+        print(f"{key}: relative difference {record[key] / one[figure] - 1:.1e}")
