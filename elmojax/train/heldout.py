@@ -64,22 +64,11 @@ class HeldOut:
     def create(
         cls, config: TrainConfig, step_config: StepConfig, par: DataParallel, vocab: Vocabulary
     ) -> HeldOut | None:
-        """The run's held-out evaluations, or None without ``heldout_prefix``; bad settings are one line."""
-        if config.heldout_prefix is None:
-            for name in ("eval_every", "heldout_tokens", "keep_best"):
-                if getattr(config, name):
-                    raise ElmoError(f"`{name}` needs `heldout_prefix` (the held-out files to score)")
+        """The run's held-out evaluations, or None without ``heldout_prefix``; bad settings are one
+        line (:func:`check_settings`)."""
+        if check_settings(config) is None:
             return None
-        resolve_files(config.heldout_prefix, arg="heldout_prefix")
         every = config.eval_every or config.checkpoint_every
-        for name, value in (("eval_every", every), ("heldout_tokens", config.heldout_tokens)):
-            if value is not None and value < 1:
-                raise ElmoError(f"`{name}` must be >= 1, found {value}")
-        if config.keep_best and every % config.checkpoint_every:
-            raise ElmoError(
-                f"`keep_best` keeps a checkpoint of an evaluated step: `eval_every` ({every}) must be a "
-                f"multiple of `checkpoint_every` ({config.checkpoint_every})"
-            )
         # evaluate's step: the full softmax, in the run's numerics, on the run's mesh
         eval_config = StepConfig(
             step_config.options, step_config.n_vocab, numerics=step_config.numerics, mesh=par.mesh
@@ -118,6 +107,26 @@ class HeldOut:
                 ckpt.manager.wait_until_finished()  # the step's checkpoint complete on disk
                 keep_checkpoint(self.save_dir, Path(ckpt.manager.directory) / str(step), record)
         return record
+
+
+def check_settings(config: TrainConfig) -> list[str] | None:
+    """Refuse inconsistent held-out settings of ``config`` in one line, before a run starts; the
+    held-out files (None without ``heldout_prefix``)."""
+    if config.heldout_prefix is None:
+        for name in ("eval_every", "heldout_tokens", "keep_best"):
+            if getattr(config, name):
+                raise ElmoError(f"`{name}` needs `heldout_prefix` (the held-out files to score)")
+        return None
+    every = config.eval_every or config.checkpoint_every
+    for name, value in (("eval_every", every), ("heldout_tokens", config.heldout_tokens)):
+        if value is not None and value < 1:
+            raise ElmoError(f"`{name}` must be >= 1, found {value}")
+    if config.keep_best and every % config.checkpoint_every:
+        raise ElmoError(
+            f"`keep_best` keeps a checkpoint of an evaluated step: `eval_every` ({every}) must be a "
+            f"multiple of `checkpoint_every` ({config.checkpoint_every})"
+        )
+    return resolve_files(config.heldout_prefix, arg="heldout_prefix")
 
 
 def read_best(save_dir: Path) -> dict | None:
