@@ -38,6 +38,7 @@ from elmojax.options import ElmoOptions, load_options, options_from_dict
 from elmojax.parallel import DataParallel
 from elmojax.train.checkpoints import Checkpointer, check_run_compatible, disk_full_error, load_run
 from elmojax.train.heldout import HeldOut
+from elmojax.train.heldout import check_settings as check_heldout_settings
 from elmojax.train.metrics import Meter, clear_run_metrics, open_writers, truncate_run_metrics
 from elmojax.train.runlock import RunLock
 from elmojax.train.state import TrainState, init_state
@@ -97,6 +98,7 @@ def train(
     ``on_step(step, record)`` is called with every logged record.
     """
     save_dir = check_writable_dir(config.save_dir)
+    check_heldout_settings(config)  # before anything is written
     with run_lock(save_dir):
         options, vocab = settle_options(options, config, save_dir)
         par = DataParallel(options.training.batch_size, devices, config.softmax_shards)
