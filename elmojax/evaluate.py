@@ -51,6 +51,7 @@ def evaluate(
     start: str = "warm",
     numerics: Numerics | None = None,
     softmax_shards: int | None = None,
+    max_tokens: int | None = None,
     progress: bool = False,
 ) -> dict:
     """Perplexities of the latest checkpoint in ``save_dir`` on the files matching ``test_prefix``.
@@ -63,9 +64,14 @@ def evaluate(
     ``softmax_shards`` splits the softmax over devices as training does (default: one slice or
     host's devices), so no device holds the whole vocabulary; the full softmax is computed in
     vocabulary tiles (:func:`elmojax.model.softmax.full_softmax_loss`), so memory stays bounded.
-    ``progress`` shows a bar over the target tokens. The perplexities also go to the run's
-    TensorBoard events at the checkpoint's step (:func:`elmojax.train.metrics.log_evaluation`;
-    process 0 only).
+    ``max_tokens`` scores only the first sentences of the files, in order, while their targets
+    number at most that many (at least one sentence). ``progress`` shows a bar over the target
+    tokens. The perplexities also go to the run's TensorBoard events at the checkpoint's step
+    (:func:`elmojax.train.metrics.log_evaluation`; process 0 only).
+
+    With several processes (after :func:`elmojax.parallel.initialize`) every process calls it
+    alike; the result is the one a single process with the same global batch computes
+    (:func:`heldout_perplexity`).
     """
     options, vocab = load_run(save_dir)
     resolve_files(test_prefix, arg="test_prefix")
@@ -86,62 +92,99 @@ def evaluate(
     par = DataParallel(rows_per_device, devices, softmax_shards)
     config = StepConfig(options, len(vocab), numerics=numerics or Numerics(), mesh=par.mesh)
     params, step = restore_params(save_dir, mesh=par.mesh, options=options)
+    result = heldout_perplexity(
+        params,
+        config,
+        par,
+        vocab,
+        test_prefix,
+        start=start,
+        per_sentence=per_sentence,
+        max_tokens=max_tokens,
+        progress=progress,
+    )
+    per = result.pop("per_sentence", None)
+    result = {**result, "step": step, "start_state": start}
+    if per is not None:
+        result["per_sentence"] = per
+    if jax.process_index() == 0:
+        log_evaluation(Path(save_dir), result)
+    return result
+
+
+def heldout_perplexity(
+    params: dict,
+    config: StepConfig,
+    par: DataParallel,
+    vocab: Vocabulary,
+    test_prefix: str,
+    *,
+    start: str = "warm",
+    per_sentence: bool = False,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """:func:`evaluate`'s figures for ``params`` as they are (a checkpoint's, or a training run's
+    in memory), laid out on ``par``'s mesh as training lays them out.
+
+    Across processes every process reads all of the held-out text and builds the same global
+    batches (``par.global_rows`` rows), then places only its own rows: every process runs the
+    same number of batches with the same shapes, whatever the files' sizes, and the rows hold
+    exactly what one process's rows would, so the result equals one process's with the same
+    global batch (to float summation order). Held-out sets are small next to training data; the
+    price is that every host reads all of it.
+    """
+    options = config.options
+    resolve_files(test_prefix, arg="test_prefix")
     batcher = Batcher(options.char_cnn.max_characters_per_token) if options.char_cnn else None
     start_lstm = start_state(
         config.model, {"params": model_params(params, options)}, start, batcher or TokenBatcher(vocab)
     )
-
+    # this process's rows of every global batch: devices of lower processes come first
+    mine = par.rows_per_device * sum(d.process_index < jax.process_index() for d in par.mesh.devices.flat)
+    rows = slice(mine, mine + par.local_rows)
     stream = BidirectionalStream(
         test_prefix,
         vocab,
-        par.local_rows,
+        par.global_rows,
         options.training.unroll_steps,
         batcher,
         seed=0,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
         loop=False,
         shuffle=False,
+        max_targets=max_tokens,
     )
     start_rows = par.put_lstm(rows_state(start_lstm, par.global_rows))
     lstm = start_rows
     sums = np.zeros(N_DIRECTIONS, np.float64)
     counts = np.zeros(N_DIRECTIONS, np.int64)
-    bar = _token_bar(test_prefix, per_sentence, progress and jax.process_index() == 0)
+    bar = _token_bar(test_prefix, per_sentence, max_tokens, progress and jax.process_index() == 0)
     for windows in stream:
-        s, c, lstm = jit_eval_step(params, lstm, par.batch(windows, options), config)
+        local = [w.rows(rows) for w in windows]
+        s, c, lstm = jit_eval_step(params, lstm, par.batch(local, options), config)
         sums += np.asarray(s, np.float64)
         counts += np.asarray(c)
         bar.update(int(np.asarray(c)[0]))
     if counts.min() == 0:
         raise ElmoError(f"{test_prefix}: no tokens to evaluate")
-    result = {**_perplexities(sums, counts), "n_tokens": int(counts[0]), "step": step, "start_state": start}
+    result = {**_perplexities(sums, counts), "n_tokens": int(counts[0])}
 
     if per_sentence:
         sentences = SentenceStream(
-            test_prefix,
-            seed=0,
-            reverse=False,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            shuffle=False,
-            loop=False,
+            test_prefix, seed=0, reverse=False, shuffle=False, loop=False, max_targets=max_tokens
         )
         held_out = sorted((s[1:-1] for s in sentences), key=len)  # similar lengths share a batch
-        rows = par.local_rows
         sums[:], counts[:] = 0, 0
-        for i in range(0, len(held_out), rows):
-            chunk = held_out[i : i + rows]
-            length = bucket_time(len(chunk[-1]) + 1)
-            windows = sentence_windows(chunk, vocab, batcher, length, rows)
+        for i in range(0, len(held_out), par.global_rows):
+            chunk = held_out[i : i + par.global_rows]
+            length = bucket_time(len(chunk[-1]) + 1)  # the global batch's: the same on every process
+            windows = sentence_windows(chunk[rows], vocab, batcher, length, par.local_rows)
             s, c, _ = jit_eval_step(params, start_rows, par.batch(windows, options), config)
             sums += np.asarray(s, np.float64)
             counts += np.asarray(c)
             bar.update(int(np.asarray(c)[0]))
         result["per_sentence"] = _perplexities(sums, counts)
     bar.close()
-    if jax.process_index() == 0:
-        log_evaluation(Path(save_dir), result)
     return result
 
 
@@ -154,11 +197,12 @@ def model_params(params: dict, options: ElmoOptions) -> dict:
     return {**params["bilm"], "token_embedder": embedder}
 
 
-def _token_bar(test_prefix: str, per_sentence: bool, enabled: bool) -> tqdm:
+def _token_bar(test_prefix: str, per_sentence: bool, max_tokens: int | None, enabled: bool) -> tqdm:
     """A bar over the targets to score (each token and each sentence's ``</S>``, per pass)."""
     total = None
     if enabled:  # one read of the held-out text, only when the bar is shown
-        total = count_tokens(test_prefix, markers=True) * (2 if per_sentence else 1)
+        total = count_tokens(test_prefix, markers=True)
+        total = min(total, max_tokens or total) * (2 if per_sentence else 1)
     return tqdm(total=total, disable=not enabled, unit="tok", unit_scale=True, desc="evaluating", leave=False)
 
 

@@ -27,11 +27,16 @@ def main() -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("plotting needs matplotlib: pip install 'elmojax[plot]'") from None
-    rows = [json.loads(line) for line in args.metrics.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in args.metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in records if "train_perplexity" in r]  # train --heldout-prefix adds held-out records
+    during = [r for r in records if "heldout_perplexity" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(
         [r["step"] for r in rows], [r["train_perplexity"] for r in rows], label="training (sampled softmax)"
     )
+    if during:
+        steps, ppl = [r["step"] for r in during], [r["heldout_perplexity"] for r in during]
+        ax.plot(steps, ppl, "s-", label="held-out while training (full softmax)")
     if args.heldout and args.heldout.exists():
         evals = [json.loads(line) for line in args.heldout.read_text().splitlines() if line.strip()]
         ax.plot(

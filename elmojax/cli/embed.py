@@ -46,7 +46,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "each process embeds a contiguous block of lines into OUTPUT's part file "
         "(emb.h5 -> emb.part-00000-of-00002.h5); process 0 writes the index emb.index.json",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_progress(p)
     flags.add_compute_dtype(p)
     flags.add_compilation_cache(p)
     p.set_defaults(func=run)
@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> None:
     )
     kwargs = dict(output_format=args.output_format, batch_size=args.batch_size, errors=args.errors)
     if not args.distributed:
-        n = embed_file(embedder, args.input_file, args.output_file, progress=not args.no_progress, **kwargs)
+        n = embed_file(
+            embedder, args.input_file, args.output_file, progress=flags.show_progress(args), **kwargs
+        )
         print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
         return
     import jax
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
         args.output_file,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        progress=not args.no_progress and jax.process_index() == 0,
+        progress=flags.show_progress(args) and jax.process_index() == 0,
         **kwargs,
     )
     print(f"wrote embeddings of {n} sentences to {part}", file=sys.stderr)

@@ -32,7 +32,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     flags.add_softmax_shards(p)
     flags.add_compute_dtype(p)
     flags.add_compilation_cache(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_distributed(p, "every process runs alike, process 0 prints")
+    flags.add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -42,6 +43,9 @@ DIRECTION_MARGIN = 1.25
 
 
 def run(args: argparse.Namespace) -> None:
+    flags.start_distributed(args)
+    import jax
+
     from elmojax.evaluate import evaluate
 
     result = evaluate(
@@ -53,8 +57,10 @@ def run(args: argparse.Namespace) -> None:
         start=args.start_state,
         numerics=Numerics(compute_dtype=args.compute_dtype),
         softmax_shards=args.softmax_shards,
-        progress=not args.no_progress,
+        progress=flags.show_progress(args),
     )
+    if jax.process_index() != 0:  # every process holds the same figures: one prints them
+        return
     print(json.dumps(result))
     for name, r in (("", result), ("per-sentence ", result.get("per_sentence"))):
         if r is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from elmojax.errors import ElmoError
 from elmojax.model.numerics import COMPUTE_DTYPES
@@ -92,3 +93,23 @@ def add_softmax_shards(
         help="split the softmax (and a word model's token embedding) over this many devices "
         f"(default: {default_help}; 1: the whole softmax on every device)",
     )
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--no-progress``; without either, a bar only when stderr is a terminal."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show the progress bar even when stderr is not a terminal (default: only on a terminal)",
+    )
+    group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether to draw a progress bar: as ``--progress``/``--no-progress`` say, else only on a
+    terminal (a bar's carriage returns would fill a CI or scheduler log)."""
+    if args.progress is not None:
+        return args.progress
+    return sys.stderr.isatty()

@@ -80,7 +80,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         default="strict",
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -104,6 +104,6 @@ def run(args: argparse.Namespace) -> None:
         tfds_data_dir=args.tfds_data_dir,
         hf_dataset=args.hf_dataset,
         errors=args.errors,
-        progress=not args.no_progress,
+        progress=flags.show_progress(args),
     )
     print(json.dumps(stats))

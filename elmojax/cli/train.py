@@ -45,9 +45,35 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     flags.flag(p, "--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
     flags.flag(p, "--log-every", type=int, default=10, help="steps between metric lines (default 10)")
+    flags.flag(
+        p,
+        "--heldout-prefix",
+        default=None,
+        help="glob of held-out files: their perplexity (as `elmojax evaluate` computes it) goes to the "
+        "metrics every --eval-every steps",
+    )
+    flags.flag(
+        p,
+        "--eval-every",
+        type=int,
+        default=None,
+        help="steps between held-out evaluations (default: --checkpoint-every)",
+    )
+    flags.flag(
+        p,
+        "--heldout-tokens",
+        type=int,
+        default=None,
+        help="score only the first sentences, up to this many tokens",
+    )
+    p.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="keep the checkpoint of the lowest held-out perplexity in SAVE_DIR/best, out of the rotation",
+    )
     flags.add_softmax_shards(p)
     flags.add_distributed(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_progress(p)
     flags.add_compute_dtype(p)
     flags.add_compilation_cache(p)
     p.set_defaults(func=run)
@@ -57,7 +83,14 @@ def run(args: argparse.Namespace) -> None:
     flags.start_distributed(args)
     from elmojax.train import TrainConfig, options_with_overrides, train
 
-    for name in ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+    for name in (
+        "max_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "eval_every",
+        "heldout_tokens",
+    ):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ElmoError(f"`{name}` must be >= 1")
     options = options_with_overrides(args.options_file, batch_size=args.batch_size, n_epochs=args.n_epochs)
@@ -71,9 +104,13 @@ def run(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints,
         log_every=args.log_every,
-        progress=not args.no_progress,
+        progress=flags.show_progress(args),
         numerics=Numerics(compute_dtype=args.compute_dtype),
         softmax_shards=args.softmax_shards,
+        heldout_prefix=args.heldout_prefix,
+        eval_every=args.eval_every,
+        heldout_tokens=args.heldout_tokens,
+        keep_best=args.keep_best,
     )
     last = train(options, config)
     print(json.dumps(last))

@@ -39,6 +39,12 @@ class Window:
     inputs: np.ndarray  # [B, U] int32 ids into `table`, -1 for padding
     table: OovTable
 
+    def rows(self, rows: slice) -> Window:
+        """The window of ``rows`` only (views, the same table)."""
+        return Window(
+            self.token_ids[rows], self.targets[rows], self.mask[rows], self.inputs[rows], self.table
+        )
+
     @property
     def char_ids(self) -> np.ndarray | None:
         """``[B, U, chars]`` int32 shifted character ids (None for word models); zeros for padding."""
@@ -84,12 +90,26 @@ def count_tokens(pattern: str | Sequence[str], markers: bool = False) -> int:
     return total
 
 
+def process_shards(files: Sequence[str], index: int, count: int) -> list[tuple[str, bool]]:
+    """The shards process ``index`` of ``count`` reads, each with whether it takes only every
+    ``count``-th sentence of it (from the ``index``-th on).
+
+    Whole files are dealt out round-robin while every process gets one; the ``len(files) % count``
+    left over are split by sentences over all processes. Dealing them whole would give some
+    processes one shard more than others: with equal shards, those would see each of their
+    sentences less often per epoch than the rest see theirs (the data replayed unevenly).
+    """
+    whole = len(files) - len(files) % count
+    return [(f, False) for f in files[index:whole:count]] + [(f, True) for f in files[whole:]]
+
+
 class SentenceStream:
     """Sentences (token lists with markers, in reading direction) in a seeded shard/sentence order.
 
     With ``loop`` it goes on epoch after epoch; without, it reads every sentence once and stops.
-    ``process_index``/``process_count`` give each host its slice: every ``process_count``-th shard,
-    or every ``process_count``-th sentence when there are fewer shards than processes.
+    ``process_index``/``process_count`` give each host its slice (:func:`process_shards`): whole
+    shards dealt out while every process gets one, the remainder split sentence by sentence, so
+    every process's epoch holds the same number of shards' worth of data.
 
     After :meth:`encode_with` each shard is encoded to int ids once, when it is loaded (markers
     included, in reading direction), and :meth:`next_ids` gives sentences as zero-copy id arrays;
@@ -106,12 +126,17 @@ class SentenceStream:
         process_count: int = 1,
         shuffle: bool = True,
         loop: bool = True,
+        max_targets: int | None = None,
     ):
-        files = resolve_files(pattern)
-        self.split_sentences = len(files) < process_count
-        self.files = files if self.split_sentences else files[process_index::process_count]
+        shards = process_shards(resolve_files(pattern), process_index, process_count)
+        self.files = [f for f, _ in shards]
+        self.split = [split for _, split in shards]  # per file: this process reads every count-th sentence
         self.seed, self.reverse, self.shuffle, self.loop = seed, reverse, shuffle, loop
         self.process_index, self.process_count = process_index, process_count
+        # a bound on the targets read (a sentence of n tokens has n + 1): held-out subsets
+        if max_targets is not None and (loop or shuffle):
+            raise ValueError("max_targets bounds a single, ordered pass (loop=False, shuffle=False)")
+        self.max_targets, self.n_targets = max_targets, 0
         self.epoch, self.shard_pos, self.sent_pos = 0, 0, 0
         self._loaded: tuple[int, int] | None = None
         self._sentences: list[list[str]] = []
@@ -135,9 +160,9 @@ class SentenceStream:
         key = (self.epoch, self.shard_pos)
         if self._loaded == key:
             return
-        path = self.files[self._shard_order(self.epoch)[self.shard_pos]]
-        sentences = _read_shard(path)
-        if self.split_sentences:
+        shard = self._shard_order(self.epoch)[self.shard_pos]
+        sentences = _read_shard(self.files[shard])
+        if self.split[shard]:
             sentences = sentences[self.process_index :: self.process_count]
         n = len(sentences)
         if self._encoding is None:
@@ -197,8 +222,17 @@ class SentenceStream:
     def __iter__(self) -> Iterator[list[str]]:
         return self
 
+    def _bound(self, n_targets: int) -> None:
+        """Stop before a sentence that would take the targets read past ``max_targets``."""
+        if self.n_targets and self.n_targets + n_targets > self.max_targets:
+            raise StopIteration
+        self.n_targets += n_targets
+
     def __next__(self) -> list[str]:
         k = self._advance()
+        if self.max_targets is not None:
+            n = self._ends[k] - self._starts[k] - 1 if self._encoding else len(self._sentences[k]) + 1
+            self._bound(int(n))
         if self._encoding is not None:
             return [self.table.token(int(i)) for i in self._ids[self._starts[k] : self._ends[k]]]
         tokens = self._sentences[k]
@@ -216,7 +250,10 @@ class SentenceStream:
         else:
             self._advance()
             pos = self.sent_pos - 1
-        return self._ids[self._spans[0][pos] : self._spans[1][pos]], self.table
+        start, end = self._spans[0][pos], self._spans[1][pos]
+        if self.max_targets is not None:
+            self._bound(end - start - 1)
+        return self._ids[start:end], self.table
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "shard_pos": self.shard_pos, "sent_pos": self.sent_pos}
@@ -394,6 +431,7 @@ class BidirectionalStream:
         process_count: int = 1,
         loop: bool = True,
         shuffle: bool = True,
+        max_targets: int | None = None,
     ):
         def make(direction: int) -> WindowStream:
             sentences = SentenceStream(
@@ -404,6 +442,7 @@ class BidirectionalStream:
                 process_count=process_count,
                 shuffle=shuffle,
                 loop=loop,
+                max_targets=max_targets,
             )
             return WindowStream(sentences, vocab, batch_size, unroll_steps, batcher)
 

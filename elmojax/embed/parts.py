@@ -8,6 +8,11 @@ its own ``sentence_to_index``. When every process has finished, process 0 writes
 ``emb.index.json``, naming each part (relative to the index) and its block of lines, so the union
 of the parts is exactly a single-process dump. Contiguous blocks keep the index a few lines long
 whatever the input size; the price is one counting pass over the input per process.
+
+Blocks of different sizes are safe here, unlike the batches of a step over a global mesh: each
+process embeds on its own devices (:class:`~elmojax.embed.embedder.Embedder`'s mesh is local), so
+its batches' number and shapes are its own; the one collective is the end's
+:func:`elmojax.parallel.all_succeeded`.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ from elmojax.model.weights import load_weights
 from elmojax.options import ElmoOptions, load_options, options_from_dict
 from elmojax.parallel import DataParallel
 from elmojax.train.checkpoints import Checkpointer, check_run_compatible, disk_full_error, load_run
+from elmojax.train.heldout import HeldOut
+from elmojax.train.heldout import check_settings as check_heldout_settings
 from elmojax.train.metrics import Meter, clear_run_metrics, open_writers, truncate_run_metrics
 from elmojax.train.runlock import RunLock
 from elmojax.train.state import TrainState, init_state
@@ -74,6 +76,11 @@ class TrainConfig:
     optimizer: str = "adagrad"
     sparse: bool = True
     softmax_shards: int | None = None
+    # held-out perplexity while training (elmojax.train.heldout); eval_every defaults to checkpoint_every
+    heldout_prefix: str | None = None
+    eval_every: int | None = None
+    heldout_tokens: int | None = None
+    keep_best: bool = False
 
 
 def train(
@@ -91,6 +98,7 @@ def train(
     ``on_step(step, record)`` is called with every logged record.
     """
     save_dir = check_writable_dir(config.save_dir)
+    check_heldout_settings(config)  # before anything is written
     with run_lock(save_dir):
         options, vocab = settle_options(options, config, save_dir)
         par = DataParallel(options.training.batch_size, devices, config.softmax_shards)
@@ -313,6 +321,7 @@ def run_steps(
     compiled: set[tuple[int, ...]] = set()
     last: dict = {}
     producer = BatchProducer(stream, par, step_config, config.seed, start)
+    heldout = HeldOut.create(config, step_config, par, stream.streams[0].vocab)
     bar = tqdm(total=last_step, initial=start, disable=not config.progress or not primary, unit="step",
                dynamic_ncols=True)  # fmt: skip
     with (
@@ -346,6 +355,8 @@ def run_steps(
             # otherwise queues the next step while this one runs
             if ckpt.due(step) and int(state.bad_steps) == 0:
                 ckpt.save(step, state, position.to_dict())
+            if heldout is not None and heldout.due(step):
+                heldout(step, state.params, writers, ckpt)
             if preempt.signal is not None:
                 ckpt.save(step, state, position.to_dict(), force=True)
                 print(

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from elmojax.data.chars import Batcher, token_char_ids
-from elmojax.data.streams import BidirectionalStream, SentenceStream, WindowStream, count_tokens
+from elmojax.data.streams import (
+    BidirectionalStream,
+    SentenceStream,
+    WindowStream,
+    count_tokens,
+    process_shards,
+)
 from elmojax.data.vocab import Vocabulary
 from elmojax.errors import ElmoError
 
@@ -85,6 +91,35 @@ def test_process_slices_partition_the_data(tmp_path):
         )
     ]
     assert len(few) == 7 and len(set(few)) == 7
+
+
+def test_shards_that_do_not_divide_evenly_are_balanced_over_processes(tmp_path):
+    """3 equal shards over 2 processes: one whole shard each and half of the third, not 2 and 1."""
+    pattern, _ = write_shards(tmp_path, n_shards=3, per_shard=8)
+    assert process_shards(["a", "b", "c"], 1, 2) == [("b", False), ("c", True)]
+    per_process = []
+    for p in range(2):
+        s = SentenceStream(pattern, seed=0, reverse=False, process_index=p, process_count=2, loop=False)
+        per_process.append([tuple(x) for x in s])
+    assert [len(x) for x in per_process] == [12, 12]  # an epoch each: the same amount of data
+    seen = per_process[0] + per_process[1]
+    assert len(seen) == len(set(seen)) == 24  # every sentence once over the two
+    # looping, both processes start their second epoch after the same number of sentences
+    for p in range(2):
+        s = SentenceStream(pattern, seed=1, reverse=False, process_index=p, process_count=2)
+        first = [tuple(next(s)) for _ in range(12)]
+        assert s.epoch == 0 and sorted(first) == sorted(per_process[p])
+        next(s)
+        assert s.epoch == 1
+
+
+def test_max_targets_reads_the_first_sentences_in_order(tmp_path):
+    pattern, vocab = write_shards(tmp_path, n_shards=2, per_shard=7)  # targets 2, 3, 4, 5, 2, 3, 4 ...
+    s = SentenceStream(pattern, seed=0, reverse=False, shuffle=False, loop=False, max_targets=10)
+    assert [len(x) - 1 for x in s] == [2, 3, 4]  # a fourth (5) would pass 10
+    both = BidirectionalStream(pattern, vocab, 2, 3, None, seed=0, loop=False, shuffle=False, max_targets=10)
+    counts = np.sum([[w.mask.sum() for w in pair] for pair in both], axis=0)
+    assert counts.tolist() == [9, 9]
 
 
 @pytest.mark.parametrize("advance", [1, 5, 13])
