@@ -178,7 +178,8 @@ def _user(spec: str) -> Tokenizer:
         ):
             raise ElmoError(f"`tokenizer` {spec}: returned {type(result).__name__} for {text[:40]!r}; it "
                             "must return a list of sentences, each a list of str tokens")  # fmt: skip
-        return [[t for t in s if t and not t.isspace()] for s in result if any(t.strip() for t in s)]
+        # a shard holds tokens separated by spaces: whitespace inside a token splits it
+        return [tokens for s in result if (tokens := [p for t in s for p in t.split()])]
 
     return tokenize
 
