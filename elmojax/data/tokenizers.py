@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from elmojax.data.tokenize import clean, icu_words, sentences_from_text, split_sentences
 from elmojax.errors import ElmoError
+from elmojax.fileio import atomic_write_text
 
 Tokenizer = Callable[[str], list[list[str]]]
 DEFAULT = "elmojax"
@@ -220,3 +223,55 @@ def tokenize_chunk(texts: list[str], tokenizer: str, lowercase: bool) -> tuple[l
     limit = LONG_TOKEN_BYTES
     n_long = sum(c for t, c in counts.items() if len(t) > limit // 4 and len(t.encode("utf-8")) > limit)
     return lines, n_empty, counts, n_long
+
+
+#: the file beside a prepared corpus's vocabulary (and a run's, an export's) naming its tokenizer
+RECORD = "tokenizer.json"
+
+
+def read_record(*places: str | Path | None) -> tuple[str, bool] | None:
+    """``(tokenizer, lowercase)`` from the first :data:`RECORD` found in ``places`` (directories, or
+    files whose directory is searched); None where there is none."""
+    for place in places:
+        if place is None:
+            continue
+        path = Path(place)
+        path = path / RECORD if path.is_dir() else path.parent / RECORD
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+                return str(record["tokenizer"]), bool(record.get("lowercase", False))
+            except (ValueError, KeyError, TypeError):
+                raise ElmoError(f"{path}: not a tokenizer record (a JSON object with key tokenizer); "
+                                "delete it or write it again with `elmojax prepare`") from None  # fmt: skip
+    return None
+
+
+def copy_record(source: str | Path | None, directory: str | Path) -> None:
+    """Copy the tokenizer record beside ``source`` (a file or directory) into ``directory``, if
+    there is one: a run and an export keep the tokenizer their corpus was prepared with."""
+    found = read_record(source)
+    if found is not None:
+        text = json.dumps({"tokenizer": found[0], "lowercase": found[1]}) + "\n"
+        atomic_write_text(Path(directory) / RECORD, text)
+
+
+def write_tokenized(
+    source: str | Path, target: str | Path, spec: str, *, lowercase: bool = False, errors: str = "strict"
+) -> int:
+    """Write each line of raw text ``source`` as one line of its tokens (all its sentences, one
+    space between tokens) to ``target``, for ``embed --tokenize``; a line without tokens is an
+    error naming it. Returns the number of lines."""
+    from elmojax.errors import InputTextError
+    from elmojax.fileio import check_input_file, read_text_lines
+
+    source = check_input_file(source)
+    n = 0
+    with open(target, "w", encoding="utf-8", newline="\n") as out:
+        for line in read_text_lines(source, errors):
+            tokens = [t for s in tokenize_text(line.text, spec, lowercase=lowercase) for t in s]
+            if not tokens:
+                raise InputTextError(f"{source}: line {line.number}: no tokens; every line must hold text")
+            out.write(" ".join(tokens) + "\n")
+            n += 1
+    return n
