@@ -13,6 +13,7 @@ and tokens (:mod:`elmojax.data.tokenize`), shuffles the sentences with a seeded 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
@@ -30,6 +31,8 @@ from elmojax.data.vocab import SPECIALS
 from elmojax.errors import ElmoError, InputTextError
 from elmojax.fileio import check_input_file, check_writable_dir
 
+#: what prepare writes into its output folder
+OUTPUTS = frozenset({"train", "heldout", "vocab.txt", "stats.json", "tokenizer.json"})
 N_BUCKETS = 64  # fixed so that the shuffle depends only on the input and the seed
 #: share of long tokens above which prepare warns
 LONG_TOKEN_WARN = 0.005
@@ -97,8 +100,10 @@ def prepare_corpus(
     Hugging Face dataset on disk (:mod:`elmojax.data.hf_dataset`). The same texts in the same order
     give the same bytes, whatever their format. Lines without tokens are skipped and counted. The
     shuffle and the held-out split depend only on the inputs and ``seed``. Everything is built in a
-    temporary directory inside ``out`` and moved into place at the end, so an interrupted run leaves
-    an earlier preparation intact. Returns the statistics written to ``stats.json``.
+    temporary folder beside ``out`` and put in its place with one rename at the end (:func:`flip`),
+    so an interrupted run leaves an earlier preparation intact, never new shards beside an old
+    vocabulary; a folder holding other files too is built inside and its outputs replaced in turn.
+    Returns the statistics written to ``stats.json``.
 
     ``tokenizer`` names the tokenizer (:mod:`elmojax.data.tokenizers`; default ``elmojax``,
     ``tokenized`` is ``whitespace``); it is recorded in ``stats.json`` and ``tokenizer.json`` (with
@@ -123,25 +128,55 @@ def prepare_corpus(
     if workers < 1:
         raise ElmoError(f"`workers` {workers}: must be at least 1")
 
-    out = check_writable_dir(out)
-    for stale in out.glob(".prepare-tmp-*"):
+    out = check_writable_dir(out).resolve()
+    # a folder holding only prepare's outputs is built beside it and flipped in one rename; one
+    # holding other files too (say --out .) is built inside, and its outputs replaced one by one
+    whole = set(os.listdir(out)) <= OUTPUTS and os.access(out.parent, os.W_OK) and out.parent != out
+    base, prefix = (out.parent, f".{out.name}.prepare-") if whole else (out, ".prepare-tmp-")
+    for stale in base.glob(prefix + "*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = out / f".prepare-tmp-{os.getpid()}"
+    tmp = base / f"{prefix}{os.getpid()}"
     tmp.mkdir()
     try:
         stats = _prepare_into(
             tmp, inputs, ReadOptions(column, text_key, errors), heldout_fraction, sentences_per_shard,
             seed, min_count, lowercase, tokenizer, workers, tfds, tfds_data_dir, hf_dataset, progress,
         )  # fmt: skip
-        for name in ("train", "heldout"):
-            if (out / name).exists():
-                os.replace(out / name, tmp / f"old-{name}")
-            os.replace(tmp / name, out / name)
-        for name in ("vocab.txt", "stats.json", "tokenizer.json"):
-            os.replace(tmp / name, out / name)
+        if whole:
+            flip(tmp, out, base / f"{prefix}old-{os.getpid()}")
+        else:
+            for name in ("train", "heldout"):
+                if (out / name).exists():
+                    os.replace(out / name, tmp / f"old-{name}")
+                os.replace(tmp / name, out / name)
+            for name in ("vocab.txt", "stats.json", "tokenizer.json"):
+                os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(base / f"{prefix}old-{os.getpid()}", ignore_errors=True)
     return stats
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or the file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def flip(new: Path, out: Path, old: Path) -> None:
+    """Put the folder ``new`` in the place of ``out`` in one rename: the shards, vocabulary and
+    statistics are all old or all new, whenever the process stops. The old folder ends at ``new``
+    (or ``old``, where the file system cannot exchange and two renames are needed)."""
+    if not out.exists():
+        os.rename(new, out)
+    elif not exchange(new, out):
+        os.rename(out, old)  # a stop between these two leaves the earlier preparation whole at `old`
+        os.rename(new, out)
 
 
 def _input_texts(
