@@ -341,10 +341,11 @@ def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
 
 def tokenized_chunks(
     texts: Iterable[str], tokenizer: str, lowercase: bool, workers: int
-) -> Iterator[tuple[list[str], int, Counter, int]]:
-    """:func:`tokenize_chunk` of every chunk of ``texts``, in order. With several workers the chunks
-    go to a pool of processes (started only once a second chunk exists), at most two a worker in
-    flight so that memory stays flat, while this process reads and writes."""
+) -> Iterator[tuple[list[str], int, dict[str, int], int]]:
+    """:func:`~elmojax.data.tokenizers.tokenize_chunk` of every chunk of ``texts``, in order. With
+    several workers the chunks go to a pool of processes (started only once a second chunk
+    exists), at most two a worker in flight so that memory stays flat, while this process reads
+    and writes."""
     chunks = _chunks(texts)
     head = [c for c in (next(chunks, None), next(chunks, None)) if c is not None]
     if workers == 1 or len(head) < 2:

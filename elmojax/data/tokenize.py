@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from typing import Any
 
 import icu
 
@@ -88,9 +89,10 @@ class _WordBreak(threading.local):
 _word_break = _WordBreak()
 
 
-def icu_words(run: str, it: icu.BreakIterator | None = None) -> list[str]:
+def icu_words(run: str, it: Any = None) -> list[str]:
     """``run`` cut at ICU's word boundaries (dictionary-based for Han, Kana, Thai, Lao, Khmer,
-    Myanmar); every piece, spaces included, in order."""
+    Myanmar), or at the boundaries of the ICU break iterator ``it``; every piece, spaces
+    included, in order."""
     it = it or _word_break.it
     it.setText(run)
     bounds = [0, *it]

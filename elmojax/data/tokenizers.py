@@ -207,7 +207,9 @@ def tokenize_text(text: str, spec: str | None = None, *, lowercase: bool = False
     return get_tokenizer(spec)(text.lower() if lowercase else text)
 
 
-def tokenize_chunk(texts: list[str], tokenizer: str, lowercase: bool) -> tuple[list[str], int, Counter, int]:
+def tokenize_chunk(
+    texts: list[str], tokenizer: str, lowercase: bool
+) -> tuple[list[str], int, dict[str, int], int]:
     """One chunk of texts -> (sentence lines, texts without tokens, token counts, tokens over
     :data:`LONG_TOKEN_BYTES` bytes). Runs in a worker process; the counts are of the lines' tokens
     split on spaces, as the shards will be read."""

@@ -90,6 +90,16 @@ def main() -> None:
             for c in configs:
                 tree, lang, w = c
                 times[c].append(run_once(tree, tmp / f"{lang}.txt", w, tmp / "out"))
+        for tree in trees:  # paired ratios: each round's one worker against its own two workers
+            for lang in args.languages:
+                if has_workers(tree) and len(args.workers) > 1:
+                    base, other = times[(tree, lang, args.workers[0])], times[(tree, lang, args.workers[-1])]
+                    ratios = [a[0] / b[0] for a, b in zip(base, other, strict=True)]
+                    print(json.dumps({
+                        "tree": str(tree), "language": lang, "workers": args.workers,
+                        "median_ratio": round(statistics.median(ratios), 2),
+                        "ratios": [round(r, 2) for r in ratios],
+                    }))  # fmt: skip
         for (tree, lang, w), runs in times.items():
             wall = statistics.median(r[0] for r in runs)
             cpu = statistics.median(r[1] for r in runs)
