@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
     )
     if args.tokenize:
         with tempfile.TemporaryDirectory(prefix="elmojax-tokenized-") as tmp:
-            from elmojax.data.tokenizers import write_tokenized
+            from elmojax.data.tokenizers import read_record, write_tokenized
 
             tokenized = Path(tmp) / Path(args.input_file).name
             write_tokenized(
@@ -99,6 +99,15 @@ def run(args: argparse.Namespace) -> None:
                 errors=args.errors,
             )
             print(f"tokenized {args.input_file} with {embedder.tokenizer}", file=sys.stderr)
+            if (
+                args.tokenizer is None
+                and read_record(args.options_file, args.weight_file, args.vocab_file) is None
+            ):
+                print(
+                    "note: no tokenizer.json beside the model files: the default tokenizer was used; give "
+                    "--tokenizer NAME if the corpus was prepared with another",
+                    file=sys.stderr,
+                )
             _embed(args, embedder, str(tokenized))
         return
     _embed(args, embedder, args.input_file)

@@ -221,3 +221,26 @@ def test_bom_inside_jsonl_and_parquet_fields_gives_the_plain_files_output(tmp_pa
         )
     assert outs[0] == outs[1] == outs[2]
     assert "\ufeff" not in outs[1]["vocab.txt"].decode("utf-8")
+
+
+def test_embed_tokenize_equals_embedding_the_tokenized_text(tmp_path, tiny_export, capsys):
+    import h5py
+    import numpy as np
+
+    from tests.helpers import embed_argv
+
+    raw, pre = tmp_path / "raw.txt", tmp_path / "pre.txt"
+    raw.write_text("我用iPhone 15拍照。\nHello, world!\n", encoding="utf-8")
+    pre.write_text("我 用 iPhone 15 拍照 。\nHello , world !\n", encoding="utf-8")
+    assert main(embed_argv(raw, tmp_path / "a.hdf5", tiny_export, "--tokenize")) == 0
+    assert "no tokenizer.json beside the model files" in capsys.readouterr().err
+    assert main(embed_argv(pre, tmp_path / "b.hdf5", tiny_export)) == 0
+    capsys.readouterr()
+    with h5py.File(tmp_path / "a.hdf5", "r") as a, h5py.File(tmp_path / "b.hdf5", "r") as b:
+        assert a["sentence_to_index"][0] == b["sentence_to_index"][0]
+        for key in ("0", "1"):
+            np.testing.assert_array_equal(a[key][...], b[key][...])
+    raw.write_text("fine\n\ufeff\n", encoding="utf-8")  # a line of only a format character
+    assert main(embed_argv(raw, tmp_path / "c.hdf5", tiny_export, "--tokenize")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "line 2: no tokens" in err
