@@ -175,7 +175,12 @@ def _user(spec: str) -> Tokenizer:
                         "of tokens")  # fmt: skip
 
     def tokenize(text: str) -> list[list[str]]:
-        result = fn(text)
+        try:
+            result = fn(text)
+        except ElmoError:
+            raise
+        except Exception as e:  # the user's code: one line naming it and the text, not a traceback
+            raise ElmoError(f"`tokenizer` {spec} failed on {text[:40]!r}: {type(e).__name__}: {e}") from None
         if not isinstance(result, list) or not all(
             isinstance(s, list) and all(isinstance(t, str) for t in s) for s in result
         ):

@@ -140,6 +140,33 @@ def bad_tokenizer(text: str):
     return text.split()
 
 
+def failing_tokenizer(text: str) -> list[list[str]]:
+    if "bad" in text:
+        raise ValueError("cannot cut this")
+    return [text.split()]
+
+
+def test_a_failing_user_tokenizer_is_one_line_from_any_worker(tmp_path, monkeypatch, capsys):
+    import elmojax.data.prepare as prep
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setattr(prep, "CHUNK_TEXTS", 5)
+    src = tmp_path / "c.txt"
+    src.write_text("".join(f"line {i}\n" for i in range(30)) + "a bad line\n", encoding="utf-8")
+    argv = [
+        "prepare",
+        str(src),
+        "--out",
+        str(tmp_path / "o"),
+        "--tokenizer",
+        "test_tokenizers:failing_tokenizer",
+    ]
+    assert main([*argv, "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "failed on 'a bad line\\n': ValueError: cannot cut this" in err
+    assert not (tmp_path / "o" / "vocab.txt").exists()
+
+
 def test_user_tokenizer_module_function(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     assert tokenize_text("a-b", "test_tokenizers:user_tokenizer") == [["A", "B"]]
