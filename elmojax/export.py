@@ -6,6 +6,7 @@ from pathlib import Path
 
 import jax
 
+from elmojax.data.tokenizers import copy_record
 from elmojax.fileio import check_writable_dir
 from elmojax.model.weights import save_weights
 from elmojax.train.checkpoints import load_run, restore_params
@@ -21,4 +22,5 @@ def export_run(save_dir: str | Path, outfile: str | Path) -> Path:
     save_weights({"params": jax.device_get(params["bilm"])}, options, outfile)
     options.save(outfile.parent / "options.json", for_export=True)
     vocab.save(outfile.parent / "vocab.txt")
+    copy_record(save_dir, outfile.parent)  # embed --tokenize cuts raw text as the corpus was cut
     return outfile

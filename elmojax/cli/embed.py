@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 from elmojax.cli import flags
 from elmojax.embed.formats import OUTPUT_FORMATS
@@ -27,6 +29,20 @@ def add(sub: argparse._SubParsersAction) -> None:
     for name, (help_text, _) in OUTPUT_FORMATS.items():
         fmt.add_argument(f"--{name}", dest="output_format", action="store_const", const=name, help=help_text)
     p.set_defaults(output_format="all")
+    p.add_argument(
+        "--tokenize",
+        action="store_true",
+        help="INPUT is raw text, one text a line: cut each line with the tokenizer the corpus was "
+        "prepared with (tokenizer.json beside the options, weight or vocabulary file; else elmojax) "
+        "and embed its tokens as one sequence",
+    )
+    flags.flag(
+        p,
+        "--tokenizer",
+        default=None,
+        metavar="NAME",
+        help="with --tokenize: this tokenizer instead of the recorded one",
+    )
     flags.flag(p, "--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     p.add_argument(
         "--stateful",
@@ -55,10 +71,10 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise ElmoError(f"`batch_size` must be >= 1, found {args.batch_size}")
+    if args.tokenizer and not args.tokenize:
+        raise ElmoError("`tokenizer` applies to raw text: add --tokenize")
     flags.start_distributed(args)
-    from elmojax.embed.dump import embed_file
     from elmojax.embed.embedder import Embedder
-    from elmojax.embed.parts import embed_file_part, index_path
 
     embedder = Embedder.from_files(
         args.options_file,
@@ -68,11 +84,43 @@ def run(args: argparse.Namespace) -> None:
         stateful=args.stateful,
         start_state=args.start_state,
         numerics=Numerics(compute_dtype=args.compute_dtype, precision="highest"),
+        tokenizer=args.tokenizer,
     )
+    if args.tokenize:
+        with tempfile.TemporaryDirectory(prefix="elmojax-tokenized-") as tmp:
+            from elmojax.data.tokenizers import read_record, write_tokenized
+
+            tokenized = Path(tmp) / Path(args.input_file).name
+            write_tokenized(
+                args.input_file,
+                tokenized,
+                embedder.tokenizer,
+                lowercase=embedder.lowercase,
+                errors=args.errors,
+            )
+            print(f"tokenized {args.input_file} with {embedder.tokenizer}", file=sys.stderr)
+            if (
+                args.tokenizer is None
+                and read_record(args.options_file, args.weight_file, args.vocab_file) is None
+            ):
+                print(
+                    "note: no tokenizer.json beside the model files: the default tokenizer was used; give "
+                    "--tokenizer NAME if the corpus was prepared with another",
+                    file=sys.stderr,
+                )
+            _embed(args, embedder, str(tokenized))
+        return
+    _embed(args, embedder, args.input_file)
+
+
+def _embed(args: argparse.Namespace, embedder, input_file: str) -> None:
+    from elmojax.embed.dump import embed_file
+    from elmojax.embed.parts import embed_file_part, index_path
+
     kwargs = dict(output_format=args.output_format, batch_size=args.batch_size, errors=args.errors)
     if not args.distributed:
         n = embed_file(
-            embedder, args.input_file, args.output_file, progress=flags.show_progress(args), **kwargs
+            embedder, input_file, args.output_file, progress=flags.show_progress(args), **kwargs
         )
         print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
         return
@@ -80,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
 
     part, n = embed_file_part(
         embedder,
-        args.input_file,
+        input_file,
         args.output_file,
         process_index=jax.process_index(),
         process_count=jax.process_count(),

@@ -40,10 +40,26 @@ def add(sub: argparse._SubParsersAction) -> None:
     flags.flag(p, "--seed", type=int, default=0, help="shuffling seed (default 0)")
     flags.flag(p, "--min-count", type=int, default=1, help="minimum count for a vocabulary token (default 1)")
     p.add_argument("--lowercase", action="store_true", help="lowercase all text")
+    flags.flag(
+        p,
+        "--tokenizer",
+        default=None,
+        metavar="NAME",
+        help="elmojax (default: every script, ICU word break for Chinese, Japanese, Thai, Lao, Khmer, "
+        "Burmese), whitespace, icu[:LOCALE], fugashi, jieba, pythainlp, spacy:MODEL (extras) or "
+        "module:function; recorded in stats.json and tokenizer.json (docs/languages.md)",
+    )
     p.add_argument(
         "--tokenized",
         action="store_true",
-        help="input is already one tokenized sentence a line: split on whitespace only",
+        help="input is already one tokenized sentence a line: the same as --tokenizer whitespace",
+    )
+    flags.flag(
+        p,
+        "--workers",
+        type=int,
+        default=None,
+        help="tokenizer processes (default: every core); the output is the same for any number",
     )
     flags.flag(
         p,
@@ -105,5 +121,7 @@ def run(args: argparse.Namespace) -> None:
         hf_dataset=args.hf_dataset,
         errors=args.errors,
         progress=flags.show_progress(args),
+        tokenizer=args.tokenizer,
+        workers=args.workers,
     )
     print(json.dumps(stats))

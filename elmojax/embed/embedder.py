@@ -27,6 +27,8 @@ from jax.sharding import Mesh
 from elmojax import parallel
 from elmojax.data.batches import sentence_arrays
 from elmojax.data.chars import Batcher
+from elmojax.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER
+from elmojax.data.tokenizers import read_record, tokenize_text
 from elmojax.data.vocab import TokenBatcher, Vocabulary
 from elmojax.errors import ElmoError
 from elmojax.model.bilm import BiLM, LSTMState, remove_sentence_boundaries, zero_state
@@ -77,10 +79,14 @@ class Embedder:
         devices: Sequence[jax.Device] | None = None,
         numerics: Numerics | None = None,
         start_state: str = "warm",
+        tokenizer: str | None = None,
+        lowercase: bool = False,
     ):
         if options.char_cnn is None and vocab is None:
             raise ElmoError("word-level models (no char_cnn in options) need a vocabulary file")
         self.options = options
+        #: how :meth:`embed_texts` cuts raw text: the tokenizer the corpus was prepared with
+        self.tokenizer, self.lowercase = tokenizer or DEFAULT_TOKENIZER, lowercase
         self.batch_size = batch_size
         self.stateful = stateful
         # full float32 matmuls by default: embeddings are compared against references
@@ -110,7 +116,12 @@ class Embedder:
         vocab_file: str | Path | None = None,
         **kwargs,
     ) -> Embedder:
-        """Load ``options.json`` + weights HDF5 (+ vocabulary) as bilm-tf/AllenNLP would."""
+        """Load ``options.json`` + weights HDF5 (+ vocabulary) as bilm-tf/AllenNLP would. The
+        tokenizer for raw text is the one recorded beside these files (``tokenizer.json``, written
+        by ``prepare`` and kept by ``train`` and ``export``) unless ``tokenizer`` is given."""
+        record = read_record(options_file, weight_file, vocab_file)
+        if record is not None and kwargs.get("tokenizer") is None:
+            kwargs["tokenizer"], kwargs["lowercase"] = record
         options = load_options(options_file)
         vocab = Vocabulary.from_file(vocab_file) if vocab_file else None
         if vocab is not None and options.char_cnn is None:
@@ -122,6 +133,23 @@ class Embedder:
     def reset_states(self) -> None:
         """Forget the carried LSTM states (only meaningful with ``stateful=True``)."""
         self._state = None
+
+    def tokenize(self, text: str) -> list[str]:
+        """The tokens of raw ``text`` (all its sentences), cut as the training corpus was."""
+        return [
+            t for sentence in tokenize_text(text, self.tokenizer, lowercase=self.lowercase) for t in sentence
+        ]
+
+    def embed_texts(self, texts: Iterable[str], batch_size: int | None = None) -> list[np.ndarray]:
+        """Embed raw strings: each text cut by :meth:`tokenize` and embedded as one sequence,
+        ``[n_layers + 1, len(self.tokenize(text)), 2P]``. A text without tokens is an error."""
+        sentences = []
+        for i, text in enumerate(texts):
+            tokens = self.tokenize(text)
+            if not tokens:
+                raise ElmoError(f"text {i} ({text[:40]!r}) has no tokens; every text must hold one")
+            sentences.append(tokens)
+        return list(self.embed_sentences(sentences, batch_size))
 
     def embed_batch(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Embed one batch: ``[n_layers + 1, len(sentence), 2P]`` float32 per sentence.

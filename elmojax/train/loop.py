@@ -28,6 +28,7 @@ from elmojax.data.chars import Batcher
 from elmojax.data.negatives import sample_negatives
 from elmojax.data.prefetch import Prefetcher
 from elmojax.data.streams import BidirectionalPosition, BidirectionalStream, count_tokens, resolve_files
+from elmojax.data.tokenizers import copy_record
 from elmojax.data.vocab import Vocabulary
 from elmojax.errors import ElmoError
 from elmojax.fileio import check_writable_dir, is_disk_full
@@ -231,6 +232,7 @@ def restore_or_init(
     if jax.process_index() == 0:
         options.save(save_dir / "options.json")
         vocab.save(save_dir / "vocab.txt")
+        copy_record(config.vocab_file, save_dir)  # the tokenizer the corpus was prepared with
         clear_run_metrics(save_dir)
     return state
 

@@ -293,3 +293,40 @@ def test_fuzz_prepare_round_trips_sentences_and_tokens(tmp_path_factory, lines, 
     assert Counter(map(tuple, all_sentences(tmp / "o"))) == Counter(map(tuple, expected))
     assert stats["n_train_tokens"] + stats["n_heldout_tokens"] == sum(map(len, expected))
     assert stats["n_train_sentences"] + stats["n_heldout_sentences"] == len(expected)
+
+
+def test_prepare_flips_the_whole_output_in_one_rename(tmp_path, monkeypatch):
+    import os
+
+    import elmojax.data.prepare as prep
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("one two.\nthree four.\n", encoding="utf-8")
+    second.write_text("five six seven.\n", encoding="utf-8")
+    out = tmp_path / "data"
+    prepare_corpus([first], out, heldout_fraction=0.5)
+    before = snapshot(out)
+    assert set(before) >= {"vocab.txt", "stats.json", "tokenizer.json", "train/shard_00000.txt"}
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # stopped at the flip: nothing new is visible, nothing is left
+        m.setattr(prep, "flip", stop)
+        with pytest.raises(KeyboardInterrupt):
+            prepare_corpus([second], out, heldout_fraction=0)
+    assert snapshot(out) == before
+    renames = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: (renames.append(b), real_rename(a, b))[1])
+    prepare_corpus([second], out, heldout_fraction=0)
+    assert read_dir(out / "train") == [["five", "six", "seven", "."]]
+    assert renames == [] and prep.exchange(first, second) and prep.exchange(first, second)  # one swap
+    assert not list(tmp_path.glob(".data.prepare-*"))
+    monkeypatch.setattr(prep, "exchange", lambda a, b: False)  # no renameat2: two renames
+    prepare_corpus([first], out, heldout_fraction=0.5)
+    assert snapshot(out) == before and renames == [tmp_path / f".data.prepare-old-{os.getpid()}", out]
+    (out / "notes.txt").write_text("mine", encoding="utf-8")  # a folder with other files: kept
+    prepare_corpus([second], out, heldout_fraction=0)
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert read_dir(out / "train") == [["five", "six", "seven", "."]]
