@@ -309,19 +309,46 @@ def disk_full_error(save_dir: Path, what: str, latest: int | None) -> ElmoError:
     )
 
 
+#: orbax's log lines that a one-line outcome already says (preemption: the stop line says it)
+_SAID_ELSEWHERE = ("Reached preemption sync point",)
+
+
 @contextlib.contextmanager
-def _quiet_disk_full(logger: logging.Logger) -> Iterator[None]:
-    """Drop ``logger``'s records of a full disk while the block runs: orbax's writer threads each log
-    the failure with a traceback before the save raises it, and the save's error says it once."""
+def quiet_writer_noise() -> Iterator[None]:
+    """While the block runs, drop what orbax's background writers report about a full disk on their
+    own: their log records (with tracebacks) of the failed write, and the ``Event loop is closed``
+    tracebacks that TensorStore's callbacks print when the writer's event loop was closed by the
+    failure. The save or wait that meets the failure raises it once, as the run's one-line error."""
 
     def keep(record: logging.LogRecord) -> bool:
-        return not any(s in record.getMessage() for s in DISK_FULL_TEXTS)
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return not any(s in text for s in (*DISK_FULL_TEXTS, *_SAID_ELSEWHERE))
 
-    logger.addFilter(keep)
+    def closed_loop(error: BaseException | None) -> bool:
+        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+    old_excepthook, old_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, error, tb):
+        if not closed_loop(error):
+            old_excepthook(kind, error, tb)
+
+    def unraisablehook(unraisable):
+        if not closed_loop(unraisable.exc_value):
+            old_unraisable(unraisable)
+
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "concurrent.futures")]
+    for logger in loggers:
+        logger.addFilter(keep)
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
     try:
         yield
     finally:
-        logger.removeFilter(keep)
+        sys.excepthook, sys.unraisablehook = old_excepthook, old_unraisable
+        for logger in loggers:
+            logger.removeFilter(keep)
 
 
 class Checkpointer:
@@ -337,6 +364,8 @@ class Checkpointer:
     def __init__(self, save_dir: Path, *, every: int, keep: int, async_save: bool = True):
         self.save_dir, self.every = save_dir, every
         self.manager = checkpoint_manager(save_dir, every=every, keep=keep, async_save=async_save)
+        self._quiet = quiet_writer_noise()  # for as long as writer threads may run: until close()
+        self._quiet.__enter__()
         self.pending: int | None = None  # the step being written in the background
         self.saved: int | None = self.manager.latest_step()
 
@@ -379,8 +408,7 @@ class Checkpointer:
     @contextlib.contextmanager
     def _disk_full_is_one_line(self, step: int) -> Iterator[None]:
         try:
-            with _quiet_disk_full(logging.getLogger("absl")), _quiet_disk_full(logging.getLogger("asyncio")):
-                yield
+            yield
         except Exception as e:
             if not is_disk_full(e):
                 raise
@@ -398,5 +426,6 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            with contextlib.suppress(Exception), _quiet_disk_full(logging.getLogger("absl")):
+            with contextlib.suppress(Exception):
                 self.manager.close()
+            self._quiet.__exit__(None, None, None)

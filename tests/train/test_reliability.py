@@ -182,6 +182,39 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(corpus, train_options,
     assert checkpoint_manager(run).latest_step() == 6
 
 
+def test_a_passing_read_error_is_retried_never_a_rollback(corpus, train_options, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    import elmojax.train.checkpoints as checkpoints
+
+    run = tmp_path / "run"
+    cfg = dict(save_dir=str(run), train_prefix=corpus.train, vocab_file=corpus.vocab, progress=False)
+    train(train_options, TrainConfig(**cfg, checkpoint_every=2, max_steps=4))
+    real, failures = ocp.StandardCheckpointHandler.restore, []
+
+    def stalled(self, *args, **kwargs):  # the storage does not answer (n times)
+        if len(failures) < n:
+            failures.append(1)
+            raise ValueError("UNAVAILABLE: Error reading local file: connection timed out")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "restore", stalled)
+    monkeypatch.setattr(checkpoints, "RETRY_AFTER_S", 0.01)
+    n = 2  # fails, and fails again: one line, nothing moved or rolled back
+    with pytest.raises(
+        ElmoError, match=r"checkpoint 4 could not be read \(the storage did not answer .*twice"
+    ):
+        train(train_options, TrainConfig(**cfg, checkpoint_every=2, max_steps=6))
+    assert checkpoint_manager(run).all_steps() == [2, 4] and not list(
+        (run / "checkpoints").glob("*.damaged*")
+    )
+    failures.clear()
+    n = 1  # fails once: the retry reads it
+    last = train(train_options, TrainConfig(**cfg, checkpoint_every=2, max_steps=6))
+    assert last["step"] == 6 and len(failures) == 1
+    assert logged_step(run) == 6 and checkpoint_manager(run).all_steps() == [2, 4, 6]
+
+
 def test_unwritable_output_is_reported_before_work(corpus, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
