@@ -221,14 +221,14 @@ def _agreed_outcome(step: int, error: BaseException | None) -> tuple[str, str]:
 def _reason(error: BaseException) -> str:
     """A short plain reason for a failed checkpoint read (never a library's object repr)."""
     text = str(error)
+    if _read_outcome(error) == "io":
+        return f"the storage did not answer ({first_line(error, 80).split(':')[0]})"
     if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "not found" in text.lower():
         return "a file of it is missing"
     if isinstance(error, (UnicodeDecodeError, ValueError)) and ("JSON" in text or "Expecting" in text):
         return "a metadata file cannot be parsed"
     if any(s in text.lower() for s in ("data_loss", "corrupt", "decod", "error reading")):
         return "a data file cannot be decoded"
-    if _read_outcome(error) == "io":
-        return f"the storage did not answer ({first_line(error, 80).split(':')[0]})"
     return f"{type(error).__name__} while reading it"
 
 
