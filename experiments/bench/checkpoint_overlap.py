@@ -10,7 +10,8 @@ machine noise hits all alike. Reported: the median step time of steps without an
 that ran while a background write was in progress, the time the ``async`` save call held the loop,
 and the blocking save's time.
 
-    python experiments/bench/checkpoint_overlap.py [--vocab 400000] [--batch 8] [--steps 12] [--rounds 3]
+    JAX_PLATFORMS=cpu python experiments/bench/checkpoint_overlap.py [--vocab 400000] [--batch 8] \
+        [--steps 12] [--rounds 3]
 """
 
 from __future__ import annotations
