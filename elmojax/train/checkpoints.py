@@ -238,7 +238,7 @@ def restore_latest(
     """Restore the newest readable checkpoint as ``{"state", "data"}`` and its step, or ``(None, None)``.
 
     Every process reads its part; whether a step is used is one decision, the same on every process
-    (:func:`_agreed_outcome`). A damaged step (corrupt or missing data) is skipped with a warning
+    (every read must succeed). A damaged step (corrupt or missing data) is skipped with a warning
     for the one before it and moved aside (not deleted; by process 0 only), so that training can
     write that step again. A read that fails without damage (storage not answering) is retried once,
     then stops the run in one line: it never rolls the run back. One that reads but does not fit
