@@ -26,6 +26,7 @@ from elmojax.embed.embedder import Embedder
 from elmojax.embed.parts import index_path, locate, part_path
 from elmojax.runtime import PEER_LOST_STATUS
 from elmojax.train.checkpoints import checkpoint_manager, complete_steps, restore_params
+from elmojax.train.loop import AGREE_EVERY
 from elmojax.train.runlock import RunLock
 from tests.helpers import ROOT, embed_argv, train_argv
 
@@ -173,7 +174,14 @@ def assert_equal_runs(reference: Path, run: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_sigterm_to_one_process_stops_every_process_at_the_same_step(corpus, long_reference, tmp_path):
+@pytest.mark.parametrize("service", ["jax-preemption-service", "no-service"])
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(
+    corpus, long_reference, tmp_path, monkeypatch, service
+):
+    """With JAX's preemption service (the default), and without it (the processes agree on their
+    stop flags every few steps)."""
+    if service == "no-service":
+        monkeypatch.setenv("JAX_ENABLE_PREEMPTION_SERVICE", "false")
     run = tmp_path / "run"
     procs = start_processes(long_command(corpus, run))
     wait_until(lambda: len(logged_steps(run)) >= 4, procs)
@@ -188,6 +196,8 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(corpus, lon
         )
         assert json.loads(r.stdout.strip().splitlines()[-1])["preempted"] is True
     assert stops[0] == stops[1] < LONG_STEPS  # the same step on both
+    if service == "no-service":
+        assert stops[0] % AGREE_EVERY == 0
     assert complete_steps(run)[-1] == stops[0] == logged_steps(run)[-1]  # nothing logged is lost
     resumed = run_processes(long_command(corpus, run))
     for r in resumed:
