@@ -396,18 +396,57 @@ class DataParallel:
 # --- several processes ----------------------------------------------------------------------------
 
 
+#: seconds without a heartbeat after which JAX's coordination service declares a process dead
+HEARTBEAT_TIMEOUT_S = 60
+#: seconds a process waits for the others at start-up, and at exit for them to finish too
+INITIALIZATION_TIMEOUT_S = 300
+SHUTDOWN_TIMEOUT_S = 60
+#: how collectives and the coordination service report that another process is gone (gloo on
+#: CPUs: its peer's socket closed; the coordination service: heartbeats or barriers timed out)
+PEER_FAILURE_TEXTS = (
+    "Gloo", "gloo", "Connection reset", "Connection closed", "Socket closed", "UNAVAILABLE",
+    "DEADLINE_EXCEEDED", "heartbeat", "distributed collective mismatch",
+)  # fmt: skip
+
+
 def initialize(
-    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S,
+    initialization_timeout: int = INITIALIZATION_TIMEOUT_S,
+    shutdown_timeout: int = SHUTDOWN_TIMEOUT_S,
 ) -> None:
     """``jax.distributed.initialize``; None lets JAX detect the cluster (TPU pods, SLURM, ...) or
-    read ``JAX_COORDINATOR_ADDRESS``. Call before anything else touches JAX's devices."""
+    read ``JAX_COORDINATOR_ADDRESS``. Call before anything else touches JAX's devices.
+
+    ``heartbeat_timeout`` (seconds) bounds how long a process that vanished without a word (kill -9,
+    a lost host) goes unnoticed by the coordination service; ``shutdown_timeout`` how long one that
+    finished waits at exit for the others. JAX's preemption service stays on: its SIGTERM notifier
+    is what lets every process agree on the step to save at (see ``elmojax.train.loop.Preemption``).
+    """
     if jax.config.jax_cpu_collectives_implementation is None:
         # older JAX releases had no CPU collectives by default: CPU-only processes could not
         # reduce gradients across each other (current ones default to gloo)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=initialization_timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout,
+        shutdown_timeout_seconds=shutdown_timeout,
     )
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` (from a collective or the coordination service) means another process of
+    this job is gone; never true with one process."""
+    if jax.process_count() == 1 or not isinstance(error, (RuntimeError, ValueError, OSError)):
+        return False
+    text = str(error)
+    return any(s in text for s in PEER_FAILURE_TEXTS)
 
 
 def all_succeeded(ok: bool) -> list[bool]:

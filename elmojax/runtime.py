@@ -131,3 +131,26 @@ def enable_compilation_cache() -> Path:
     path = compilation_cache_dir()
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path
+
+
+#: exit status of a process that stopped because another process of its job is gone
+PEER_LOST_STATUS = 3
+
+
+def exit_at_once(line: str, status: int) -> None:
+    """Print ``line`` on stderr and end the process with ``status`` at once, without Python's or
+    the C++ runtime's exit handlers.
+
+    For a job whose peer process is gone: an orderly exit would wait at the coordination service's
+    shutdown barrier for the dead process and then abort with a C++ stack dump (a signal, not a
+    status). Nothing is lost by skipping it: checkpoints are written under a temporary name and
+    renamed when complete, so a write cut short here is ignored by the next run.
+    """
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    try:  # the runtime's threads may still log the failure: the line above says it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+    except OSError:
+        pass
+    os._exit(status)

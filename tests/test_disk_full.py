@@ -4,11 +4,14 @@ mount one (root), and always with the error injected where orbax and h5py raise 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -18,15 +21,17 @@ import pytest
 
 from elmojax.cli import main
 from elmojax.train.checkpoints import checkpoint_manager, restore_params
-from tests.helpers import embed_argv, train_argv
+from tests.helpers import ROOT, embed_argv, train_argv
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs mounted for the test (skipped where mounting is not allowed)."""
+@contextlib.contextmanager
+def tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``2m``) mounted for the test (skipped where mounting is not allowed)."""
     mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+    )
     if r.returncode != 0:
         pytest.skip(
             f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]}); the injected tests cover it"
@@ -35,6 +40,45 @@ def small_disk(tmp_path):
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs mounted for the test."""
+    with tmpfs(tmp_path, "2m") as mount:
+        yield mount
+
+
+@pytest.mark.e2e
+def test_full_disk_with_the_quickstart_model_is_one_line_then_resumes_with_room(tmp_path):
+    """The quickstart model's first checkpoint does not fit a 12 MB disk: orbax's background writers
+    fail (and their event loops' callbacks with them), the run says so in one line and nothing else."""
+    data = tmp_path / "data"
+    prepare = subprocess.run(
+        [sys.executable, "-m", "elmojax", "prepare", str(ROOT / "experiments" / "data" / "sample_corpus.csv"),
+         "--column", "transcript", "--out", str(data), "--no-progress"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert prepare.returncode == 0, prepare.stderr[-2000:]
+    with tmpfs(tmp_path, "12m") as disk:
+        run = disk / "run"
+        argv = [sys.executable, "-m", "elmojax", *train_argv(
+            ROOT / "experiments" / "configs" / "quickstart.json", str(data / "train" / "shard_*.txt"),
+            str(data / "vocab.txt"), run, "--max-steps", "2", "--checkpoint-every", "2")]  # fmt: skip
+        full = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+        assert full.returncode == 2, full.stderr[-3000:]
+        lines = full.stderr.strip().splitlines()
+        assert len(lines) <= 3 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        assert lines[-1] == (
+            f"elmojax train: error: {run}: the disk is full (writing checkpoint 2); no checkpoint is "
+            "complete yet. Free some space and run the same command again to resume"
+        )
+        assert [p.name for p in (run / "checkpoints").iterdir()] == []  # the incomplete step removed
+        # room: the same filesystem, grown
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        again = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert checkpoint_manager(run).all_steps() == [2]
 
 
 def fill(disk: Path, leave: int) -> Path:

@@ -1,14 +1,20 @@
 """Several processes as one job on localhost (one CPU device each, gloo collectives): training that
-stops, resumes and equals an uninterrupted run; a locked run directory refused by all processes;
-a corpus embedded in parts equal to a single-process dump."""
+stops, resumes and equals an uninterrupted run; a stop request to one process stops all at the same
+step; a killed process ends the others in one line; a damaged checkpoint skipped by all alike; a
+locked run directory refused by all processes; a corpus embedded in parts equal to a single-process
+dump."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import h5py
 import jax
@@ -18,7 +24,9 @@ import pytest
 from elmojax.embed.dump import embed_file
 from elmojax.embed.embedder import Embedder
 from elmojax.embed.parts import index_path, locate, part_path
-from elmojax.train.checkpoints import restore_params
+from elmojax.runtime import PEER_LOST_STATUS
+from elmojax.train.checkpoints import checkpoint_manager, complete_steps, restore_params
+from elmojax.train.loop import AGREE_EVERY
 from elmojax.train.runlock import RunLock
 from tests.helpers import ROOT, embed_argv, train_argv
 
@@ -120,6 +128,132 @@ def test_two_processes_stop_resume_and_equal_an_uninterrupted_run(corpus, tmp_pa
     assert (
         "was written by 2 process(es)" in one.stderr and "resume it with 2 process(es), not 1" in one.stderr
     )
+
+
+#: steps of the runs that are stopped part way, and the steps between their checkpoints
+LONG_STEPS, LONG_EVERY = 40, 5
+
+
+@pytest.fixture(scope="module")
+def long_reference(corpus, tmp_path_factory) -> Path:
+    """An uninterrupted two-process run of ``LONG_STEPS`` steps."""
+    run = tmp_path_factory.mktemp("long") / "reference"
+    final_metrics(run_processes(long_command(corpus, run)))
+    return run
+
+
+def long_command(corpus, run) -> list[str]:
+    extra = ("--max-steps", str(LONG_STEPS), "--checkpoint-every", str(LONG_EVERY), "--log-every", "1")
+    return train_argv(corpus.options_file, corpus.train, corpus.vocab, run, *extra)
+
+
+def logged_steps(run: Path) -> list[int]:
+    try:
+        return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def wait_until(condition, procs, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    assert condition(), "the run ended before the condition held"
+
+
+def assert_equal_runs(reference: Path, run: Path) -> None:
+    """Checkpointed parameters equal bit for bit, and the logged losses equal, step by step."""
+    (a, step_a), (b, step_b) = restore_params(reference), restore_params(run)
+    assert step_a == step_b
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+    lines = [(r / "metrics.jsonl").read_text().splitlines() for r in (reference, run)]
+    expected, logged = ([json.loads(line) for line in ls] for ls in lines)
+    assert [m["step"] for m in logged] == list(range(1, LONG_STEPS + 1))
+    assert [m["loss_forward"] for m in logged] == [m["loss_forward"] for m in expected]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("service", ["jax-preemption-service", "no-service"])
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(
+    corpus, long_reference, tmp_path, monkeypatch, service
+):
+    """With JAX's preemption service (the default), and without it (the processes agree on their
+    stop flags every few steps)."""
+    if service == "no-service":
+        monkeypatch.setenv("JAX_ENABLE_PREEMPTION_SERVICE", "false")
+    run = tmp_path / "run"
+    procs = start_processes(long_command(corpus, run))
+    wait_until(lambda: len(logged_steps(run)) >= 4, procs)
+    procs[1].send_signal(signal.SIGTERM)  # process 1 only: JAX's notifier tells process 0
+    results = wait_processes(procs)
+    stops = []
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]  # both exit 0 after the checkpoint, as one process does
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+        stops.append(
+            int(re.search(r"stopped at step (\d+) .*checkpoint \1 saved by every process", r.stderr)[1])
+        )
+        assert json.loads(r.stdout.strip().splitlines()[-1])["preempted"] is True
+    assert stops[0] == stops[1] < LONG_STEPS  # the same step on both
+    if service == "no-service":
+        assert stops[0] % AGREE_EVERY == 0
+    assert complete_steps(run)[-1] == stops[0] == logged_steps(run)[-1]  # nothing logged is lost
+    resumed = run_processes(long_command(corpus, run))
+    for r in resumed:
+        assert f"from step {stops[0]}" in r.stderr, r.stderr[-2000:]
+    final_metrics(resumed)
+    assert_equal_runs(long_reference, run)
+
+
+@pytest.mark.e2e
+def test_a_killed_process_ends_the_other_in_one_line_then_the_restart_resumes(
+    corpus, long_reference, tmp_path
+):
+    run = tmp_path / "run"
+    procs = start_processes(long_command(corpus, run))
+    wait_until(lambda: complete_steps(run) and len(logged_steps(run)) >= LONG_EVERY + 3, procs)
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    survivor = wait_processes(procs, timeout=150)[0]
+    assert time.time() - killed_at < 120  # the bound, by default
+    assert survivor.returncode == PEER_LOST_STATUS, survivor.stderr[-3000:]
+    last = complete_steps(run)[-1]
+    lines = [line for line in survivor.stderr.splitlines() if not line.startswith("model: ")]
+    assert lines == [
+        f"elmojax train: error: process 0 of 2: another process of this job is gone (a collective with it "
+        f"failed); {run}: the last complete checkpoint is step {last}. Restart all processes with the same "
+        "command to resume"
+    ]
+    resumed = run_processes(long_command(corpus, run))  # the same command, on both
+    for r in resumed:
+        assert f"from step {last}" in r.stderr, r.stderr[-2000:]
+    final_metrics(resumed)
+    assert_equal_runs(long_reference, run)
+
+
+@pytest.mark.e2e
+def test_a_damaged_checkpoint_is_skipped_by_every_process_alike(corpus, tmp_path):
+    run = tmp_path / "run"
+    final_metrics(run_processes(train_command(corpus, run, 4)))
+    # the data process 1 wrote for step 4 damaged (its rows of the LSTM states): only process 1 reads
+    # them, process 0's read succeeds; both must still restore the same step
+    damaged = [f for f in (run / "checkpoints" / "4" / "state" / "ocdbt.process_1" / "d").iterdir()]
+    assert damaged
+    for f in damaged:
+        f.write_bytes(b"\0" * 7)
+    results = run_processes(train_command(corpus, run, 6))
+    final_metrics(results)
+    for i, r in enumerate(results):
+        assert "from step 2" in r.stderr, r.stderr[-2000:]
+        warning = next(line for line in r.stderr.splitlines() if line.startswith("warning: "))
+        assert re.fullmatch(
+            rf"warning: {run}: checkpoint 4 is damaged \(process \d: a [a-z ]+\); trying an older one",
+            warning,
+        )
+        assert ("note: moved the damaged checkpoint 4 aside" in r.stderr) == (i == 0)  # process 0 moves it
+    assert len(list((run / "checkpoints").glob("4.damaged-*"))) == 1
+    assert checkpoint_manager(run).all_steps() == [2, 4, 6]  # steps 4 and 6 written again
 
 
 def test_locked_run_directory_stops_every_process(corpus, tmp_path):

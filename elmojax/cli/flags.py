@@ -67,19 +67,52 @@ def add_distributed(parser: argparse.ArgumentParser, what: str = "") -> None:
     flag(parser, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
     flag(parser, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
     flag(parser, "--process-id", type=int, default=None, help="with --distributed: this process's index")
+    flag(
+        parser,
+        "--heartbeat-timeout",
+        type=int,
+        default=None,
+        help="with --distributed: seconds without a heartbeat after which a process counts as gone "
+        "(default 60; see docs/training.md)",
+    )
+    flag(
+        parser,
+        "--initialization-timeout",
+        type=int,
+        default=None,
+        help="with --distributed: seconds to wait for every process to start (default 300)",
+    )
+    flag(
+        parser,
+        "--shutdown-timeout",
+        type=int,
+        default=None,
+        help="with --distributed: seconds a finished process waits for the others at exit (default 60)",
+    )
 
 
 def start_distributed(args: argparse.Namespace) -> None:
+    timeouts = ("heartbeat_timeout", "initialization_timeout", "shutdown_timeout")
     given = [
-        f for f in ("coordinator_address", "num_processes", "process_id") if getattr(args, f) is not None
+        f
+        for f in ("coordinator_address", "num_processes", "process_id", *timeouts)
+        if getattr(args, f) is not None
     ]
     if not args.distributed:
         if given:
             raise ElmoError(f"--{given[0].replace('_', '-')} needs --distributed")
         return
+    for name in timeouts:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ElmoError(f"--{name.replace('_', '-')} must be >= 1 (seconds)")
     from elmojax.parallel import initialize
 
-    initialize(args.coordinator_address, args.num_processes, args.process_id)
+    initialize(
+        args.coordinator_address,
+        args.num_processes,
+        args.process_id,
+        **{name: getattr(args, name) for name in timeouts if getattr(args, name) is not None},
+    )
 
 
 def add_softmax_shards(

@@ -1,11 +1,12 @@
 """Run directories and their orbax checkpoints: ``options.json``, ``vocab.txt``, ``checkpoints/``.
 
 A checkpoint holds the whole train state (parameters, optimiser state, step, LSTM states, RNG key)
-and every process's exact data-stream position. Restoring falls back from an unreadable checkpoint
-(a damaged disk, a copy cut short) to the one before it; one written with other shapes (batch size,
-number of devices) is an error that says so. A checkpoint that cannot be written because the disk
-is full is an error naming the last complete one; orbax writes each step under a temporary name
-and renames it when complete, so nothing complete is lost and the same command resumes.
+and every process's exact data-stream position. Restoring falls back from a damaged checkpoint
+(a damaged disk, a copy cut short) to the one before it, one decision for all processes; one
+written with other shapes (batch size, number of devices) is an error that says so. A checkpoint
+that cannot be written because the disk is full is an error naming the last complete one; orbax
+writes each step under a temporary name and renames it when complete (in the background: saves
+are asynchronous), so nothing complete is lost and the same command resumes.
 """
 
 from __future__ import annotations
@@ -30,16 +31,31 @@ from elmojax.fileio import DISK_FULL_TEXTS, is_disk_full
 from elmojax.options import ElmoOptions, load_options
 
 
-def checkpoint_manager(save_dir: str | Path, *, every: int = 1000, keep: int = 3) -> ocp.CheckpointManager:
-    """The orbax manager of ``save_dir/checkpoints`` (synchronous, atomic per step)."""
+def checkpoint_manager(
+    save_dir: str | Path, *, every: int = 1000, keep: int = 3, async_save: bool = False
+) -> ocp.CheckpointManager:
+    """The orbax manager of ``save_dir/checkpoints`` (atomic per step: written under a temporary
+    name, renamed when complete). ``async_save`` writes in background threads once the arrays are
+    copied to the host (training goes on meanwhile); saves are only ever forced by the caller, so
+    orbax's own policies (a first checkpoint at once, its preemption check) never decide one."""
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=False, create=True
+        save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=async_save, create=True
     )
     return ocp.CheckpointManager(
         Path(save_dir).absolute() / "checkpoints",
         options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
     )
+
+
+def complete_steps(save_dir: str | Path) -> list[int]:
+    """The steps of ``save_dir``'s complete checkpoints, read from the directory (a step's final
+    name appears only when it is complete; temporary and moved-aside names are not steps)."""
+    try:
+        names = [p.name for p in (Path(save_dir) / "checkpoints").iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
 
 
 def load_run(save_dir: str | Path) -> tuple[ElmoOptions, Vocabulary]:
@@ -149,51 +165,133 @@ def _batch_advice(found: Any, abstract_state: Any, n_devices: int | None) -> str
     )
 
 
+#: how storage libraries word a failure to reach data that is there (retried, never "damaged")
+PASSING_IO_TEXTS = (
+    "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "Permission denied",
+    "Input/output error", "Too many open files", "Cannot allocate memory", "timed out",
+)  # fmt: skip
+#: seconds before the one retry of a checkpoint whose read failed without damage
+RETRY_AFTER_S = 2.0
+
+
+def _read_outcome(error: BaseException | None) -> str:
+    """``ok``, ``damaged`` (data corrupt or missing: skip the step) or ``io`` (storage failing to
+    answer, or out of memory: retry, then stop; never a reason to roll back)."""
+    if error is None:
+        return "ok"
+    if isinstance(error, MemoryError) or any(s in str(error) for s in PASSING_IO_TEXTS):
+        return "io"
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+        return "io"
+    return "damaged"
+
+
+def _try_restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, rows_differ: bool):
+    """Read checkpoint ``step`` in this process: ``(restored or None, the error or None)``.
+
+    The items are read with their handlers directly: a process whose read fails must not leave the
+    others waiting at the manager's closing barrier; the processes agree on the outcome instead.
+    """
+    directory = Path(mngr.directory) / str(step)
+    try:
+        state = ocp.StandardCheckpointHandler().restore(
+            directory / "state", args=ocp.args.StandardRestore(abstract_state, strict=not rows_differ)
+        )
+        data = ocp.JsonCheckpointHandler().restore(directory / "data", args=ocp.args.JsonRestore())
+        return {"state": state, "data": data}, None
+    except Exception as e:  # noqa: BLE001 - classified, agreed on and reported by the caller
+        return None, e
+
+
+def _agreed_outcome(step: int, error: BaseException | None) -> tuple[str, str]:
+    """Every process's outcome of reading ``step``, combined as process 0 decides it for all: ``ok``
+    if every read succeeded, else ``io`` if any failed without damage, else ``damaged``; and the
+    reason of the first process that failed (one collective)."""
+    mine = {"outcome": _read_outcome(error), "reason": _reason(error) if error is not None else ""}
+    everyone = [v for _, v in sorted(parallel.all_gather_json(mine).items(), key=lambda kv: int(kv[0]))]
+    outcomes = {v["outcome"] for v in everyone}
+    decision = "ok" if outcomes == {"ok"} else "io" if "io" in outcomes else "damaged"
+    failed = [f"process {i}: {v['reason']}" if len(everyone) > 1 else v["reason"]
+              for i, v in enumerate(everyone) if v["outcome"] != "ok"]  # fmt: skip
+    return decision, failed[0] if failed else ""
+
+
+def _reason(error: BaseException) -> str:
+    """A short plain reason for a failed checkpoint read (never a library's object repr)."""
+    text = str(error)
+    if _read_outcome(error) == "io":
+        return f"the storage did not answer ({first_line(error, 80).split(':')[0]})"
+    if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "not found" in text.lower():
+        return "a file of it is missing"
+    if isinstance(error, (UnicodeDecodeError, ValueError)) and ("JSON" in text or "Expecting" in text):
+        return "a metadata file cannot be parsed"
+    if any(s in text.lower() for s in ("data_loss", "corrupt", "decod", "error reading")):
+        return "a data file cannot be decoded"
+    return f"{type(error).__name__} while reading it"
+
+
 def restore_latest(
     mngr: ocp.CheckpointManager, abstract_state: Any, save_dir: Path, n_devices: int | None = None
 ) -> tuple[dict | None, int | None]:
     """Restore the newest readable checkpoint as ``{"state", "data"}`` and its step, or ``(None, None)``.
 
-    An unreadable one is skipped with a warning in favour of the one before it and moved aside (not
-    deleted), so that training can write that step again. One that reads but does not fit this
-    run's shapes is an error (for another global batch, naming the per-device batch size of this
-    run's ``n_devices`` that would fit); one written on another number of shards is restored into
-    this run's layout (the vocabulary's padding rows added or dropped).
+    Every process reads its part; whether a step is used is one decision, the same on every process
+    (every read must succeed). A damaged step (corrupt or missing data) is skipped with a warning
+    for the one before it and moved aside (not deleted; by process 0 only), so that training can
+    write that step again. A read that fails without damage (storage not answering) is retried once,
+    then stops the run in one line: it never rolls the run back. One that reads but does not fit
+    this run's shapes is an error (for another global batch, naming the per-device batch size of
+    this run's ``n_devices`` that would fit); one written on another number of shards is restored
+    into this run's layout (the vocabulary's padding rows added or dropped).
     """
     steps = sorted(mngr.all_steps(), reverse=True)
-    unreadable: list[int] = []
+    damaged: list[int] = []
     for step in steps:
         try:
             mismatch, rows_differ = _shape_mismatch(mngr, step, abstract_state)
-        except Exception:  # noqa: BLE001 - unreadable metadata: the restore below reports it
+        except Exception:  # noqa: BLE001 - unreadable metadata: the read below reports it
             mismatch, rows_differ = None, False
         if mismatch is not None:
             advice = _batch_advice(mngr.item_metadata(step)["state"], abstract_state, n_devices)
             raise ElmoError(f"{save_dir}: checkpoint {step} does not fit this run ({mismatch}); {advice}")
-        try:
-            restored = mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state, strict=not rows_differ),
-                    data=ocp.args.JsonRestore(),
-                ),
+        restored, error = _try_restore(mngr, step, abstract_state, rows_differ)
+        decision, reason = _agreed_outcome(step, error)
+        if decision == "io":  # once more, after a pause: storage that stalled may answer now
+            time.sleep(RETRY_AFTER_S)
+            restored, error = _try_restore(mngr, step, abstract_state, rows_differ)
+            decision, reason = _agreed_outcome(step, error)
+        if decision == "io":
+            raise ElmoError(
+                f"{save_dir}: checkpoint {step} could not be read ({reason}), twice; nothing was moved "
+                "or lost. Check the storage, then run the same command again"
             )
-        except Exception as e:  # noqa: BLE001 - any damage to one step must not lose the run
-            unreadable.append(step)
-            first = first_line(e, 200)
+        if decision == "damaged":
+            damaged.append(step)
             print(
-                f"warning: {save_dir}: checkpoint {step} is unreadable ({first}); trying an older one",
+                f"warning: {save_dir}: checkpoint {step} is damaged ({reason}); trying an older one",
                 file=sys.stderr,
             )
             continue
-        for bad in unreadable:
-            src = Path(mngr.directory) / str(bad)
-            src.rename(src.with_name(f"{bad}.unreadable-{int(time.time())}"))
-        mngr.reload()
+        _move_aside(mngr, damaged)
         return restored, step
     if steps:
         raise ElmoError(f"{save_dir}: no readable checkpoint among steps {steps}; use a new `save_dir`")
     return None, None
+
+
+def _move_aside(mngr: ocp.CheckpointManager, damaged: list[int]) -> None:
+    """Rename the damaged steps to ``STEP.damaged-TIME`` (process 0 only; the others wait for it),
+    so that the run can write those steps again."""
+    if damaged and jax.process_index() == 0:
+        stamp = int(time.time())
+        for bad in damaged:
+            src = Path(mngr.directory) / str(bad)
+            src.rename(src.with_name(f"{bad}.damaged-{stamp}"))
+            print(f"note: moved the damaged checkpoint {bad} aside to {src.name}.damaged-{stamp}",
+                  file=sys.stderr)  # fmt: skip
+    if damaged:
+        parallel.all_succeeded(True)  # no process looks at the directory before the renames
+    mngr.reload()
 
 
 def disk_full_error(save_dir: Path, what: str, latest: int | None) -> ElmoError:
@@ -209,69 +307,123 @@ def disk_full_error(save_dir: Path, what: str, latest: int | None) -> ElmoError:
     )
 
 
+#: orbax's log lines that a one-line outcome already says (preemption: the stop line says it)
+_SAID_ELSEWHERE = ("Reached preemption sync point",)
+
+
 @contextlib.contextmanager
-def _quiet_disk_full(logger: logging.Logger) -> Iterator[None]:
-    """Drop ``logger``'s records of a full disk while the block runs: orbax's writer threads each log
-    the failure with a traceback before the save raises it, and the save's error says it once."""
+def quiet_writer_noise() -> Iterator[None]:
+    """While the block runs, drop what orbax's background writers report about a full disk on their
+    own: their log records (with tracebacks) of the failed write, and the ``Event loop is closed``
+    tracebacks that TensorStore's callbacks print when the writer's event loop was closed by the
+    failure. The save or wait that meets the failure raises it once, as the run's one-line error."""
 
     def keep(record: logging.LogRecord) -> bool:
-        return not any(s in record.getMessage() for s in DISK_FULL_TEXTS)
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return not any(s in text for s in (*DISK_FULL_TEXTS, *_SAID_ELSEWHERE))
 
-    logger.addFilter(keep)
+    def closed_loop(error: BaseException | None) -> bool:
+        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+    old_excepthook, old_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, error, tb):
+        if not closed_loop(error):
+            old_excepthook(kind, error, tb)
+
+    def unraisablehook(unraisable):
+        if not closed_loop(unraisable.exc_value):
+            old_unraisable(unraisable)
+
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "concurrent.futures")]
+    for logger in loggers:
+        logger.addFilter(keep)
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
     try:
         yield
     finally:
-        logger.removeFilter(keep)
+        sys.excepthook, sys.unraisablehook = old_excepthook, old_unraisable
+        for logger in loggers:
+            logger.removeFilter(keep)
 
 
 class Checkpointer:
     """The checkpoints of one training run: save the state with every process's data position, restore.
 
-    ``every`` steps between checkpoints, ``keep`` kept. :meth:`save` turns a full disk into
-    :func:`disk_full_error`, after removing the incomplete step orbax left under its temporary name.
+    ``every`` steps between checkpoints, ``keep`` kept. Saves are asynchronous: :meth:`save` returns
+    once the arrays are copied to the host and the files are written in the background while
+    training goes on; the next save, :meth:`wait` and :meth:`close` wait for it. A full disk, met
+    by the save or by its background writing, is :func:`disk_full_error`, after removing the
+    incomplete step orbax left under its temporary name.
     """
 
-    def __init__(self, save_dir: Path, *, every: int, keep: int):
-        self.save_dir = save_dir
-        self.manager = checkpoint_manager(save_dir, every=every, keep=keep)
+    def __init__(self, save_dir: Path, *, every: int, keep: int, async_save: bool = True):
+        self.save_dir, self.every = save_dir, every
+        self.manager = checkpoint_manager(save_dir, every=every, keep=keep, async_save=async_save)
+        self._quiet = quiet_writer_noise()  # for as long as writer threads may run: until close()
+        self._quiet.__enter__()
+        self.pending: int | None = None  # the step being written in the background
+        self.saved: int | None = self.manager.latest_step()
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The newest complete checkpoint on disk (one being written does not count)."""
+        steps = complete_steps(self.save_dir)
+        return steps[-1] if steps else None
 
     def due(self, step: int) -> bool:
-        """Whether ``step`` is a checkpoint step (every ``every`` steps)."""
-        return self.manager.should_save(step)
+        """Whether ``step`` is a checkpoint step (every ``every`` steps; not the first, as orbax's
+        own policy would have it)."""
+        return step % self.every == 0
 
     def restore(self, abstract_state: Any, n_devices: int | None = None) -> tuple[dict | None, int | None]:
         """The newest readable checkpoint (see :func:`restore_latest`) and its step, or ``(None, None)``."""
-        return restore_latest(self.manager, abstract_state, self.save_dir, n_devices)
+        restored, step = restore_latest(self.manager, abstract_state, self.save_dir, n_devices)
+        self.saved = step
+        return restored, step
 
-    def save(self, step: int, state: Any, position: dict, *, force: bool = False) -> None:
-        """Save ``state`` and this process's data-stream ``position`` (all processes call it)."""
-        if self.manager.latest_step() == step or not (force or self.manager.should_save(step)):
+    def save(self, step: int, state: Any, position: dict) -> None:
+        """Start saving ``state`` and this process's data-stream ``position`` at ``step`` (all
+        processes call it at the same step); returns while it is written, after the previous one."""
+        if self.saved == step:
             return
+        self.wait()
         data = {"process": parallel.all_gather_json(position)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
+        with self._disk_full_is_one_line(step):
+            self.manager.save(step, args=args, force=True)
+        self.pending, self.saved = step, step
+
+    def wait(self) -> None:
+        """Wait until the checkpoint being written (if any) is complete."""
+        if self.pending is None:
+            return
+        step, self.pending = self.pending, None
+        with self._disk_full_is_one_line(step):
+            self.manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self, step: int) -> Iterator[None]:
         try:
-            with _quiet_disk_full(logging.getLogger("absl")):
-                self.manager.save(step, args=args, force=force)
-                self.manager.wait_until_finished()
+            yield
         except Exception as e:
             if not is_disk_full(e):
                 raise
             self._remove_incomplete(step)
-            raise disk_full_error(
-                self.save_dir, f"writing checkpoint {step}", self._latest_complete()
-            ) from None
-
-    def _latest_complete(self) -> int | None:
-        self.manager.reload()
-        return self.manager.latest_step()
+            raise disk_full_error(self.save_dir, f"writing checkpoint {step}", self.latest_step()) from None
 
     def _remove_incomplete(self, step: int) -> None:
         for tmp in (Path(self.manager.directory)).glob(f"{step}.orbax-checkpoint-tmp*"):
             shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self.manager.reload()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for the checkpoint being written, then release orbax's threads."""
+        try:
+            self.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                self.manager.close()
+            self._quiet.__exit__(None, None, None)

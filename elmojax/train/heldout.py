@@ -103,8 +103,8 @@ class HeldOut:
         writers.write(record)
         if self.keep_best and (self.best is None or record["heldout_perplexity"] < self.best):
             self.best = record["heldout_perplexity"]
+            ckpt.wait()  # the step's checkpoint complete on disk (saved asynchronously)
             if jax.process_index() == 0:
-                ckpt.manager.wait_until_finished()  # the step's checkpoint complete on disk
                 keep_checkpoint(self.save_dir, Path(ckpt.manager.directory) / str(step), record)
         return record
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from elmojax import parallel
@@ -37,7 +39,14 @@ from elmojax.model.numerics import Numerics
 from elmojax.model.weights import load_weights
 from elmojax.options import ElmoOptions, load_options, options_from_dict
 from elmojax.parallel import DataParallel
-from elmojax.train.checkpoints import Checkpointer, check_run_compatible, disk_full_error, load_run
+from elmojax.runtime import PEER_LOST_STATUS, exit_at_once
+from elmojax.train.checkpoints import (
+    Checkpointer,
+    check_run_compatible,
+    complete_steps,
+    disk_full_error,
+    load_run,
+)
 from elmojax.train.heldout import HeldOut
 from elmojax.train.heldout import check_settings as check_heldout_settings
 from elmojax.train.metrics import Meter, clear_run_metrics, open_writers, truncate_run_metrics
@@ -47,6 +56,8 @@ from elmojax.train.step import StepConfig, jit_train_step
 
 #: consecutive non-finite steps after which training stops with an error
 MAX_BAD_STEPS = 10
+#: steps between the stop-flag agreements of processes without JAX's preemption service
+AGREE_EVERY = 10
 #: steps whose host arrays are prepared ahead of the device (see elmojax.data.prefetch)
 PREFETCH_STEPS = 2
 
@@ -117,13 +128,32 @@ def train(
             state = restore_or_init(ckpt, step_config, par, stream, config, vocab)
             return run_steps(state, step_config, par, stream, ckpt, config, on_step)
         except OSError as e:  # metrics, options or vocabulary writes
+            if parallel.is_peer_failure(e):
+                peer_lost(save_dir)
             if not is_disk_full(e):
                 raise
             raise disk_full_error(
                 save_dir, f"writing {e.filename or 'run files'}", ckpt.latest_step()
             ) from None
+        except (RuntimeError, ValueError) as e:
+            if parallel.is_peer_failure(e):
+                peer_lost(save_dir)
+            raise
         finally:
             ckpt.close()
+
+
+def peer_lost(save_dir: Path) -> None:
+    """End this process in one line: another process of the job is gone (a collective with it
+    failed). Exit status :data:`~elmojax.runtime.PEER_LOST_STATUS`; never returns."""
+    steps = complete_steps(save_dir)
+    last = f"the last complete checkpoint is step {steps[-1]}" if steps else "no checkpoint is complete yet"
+    exit_at_once(
+        f"elmojax train: error: process {jax.process_index()} of {jax.process_count()}: another process "
+        f"of this job is gone (a collective with it failed); {save_dir}: {last}. Restart all processes "
+        "with the same command to resume",
+        PEER_LOST_STATUS,
+    )
 
 
 @contextlib.contextmanager
@@ -264,14 +294,25 @@ class BatchProducer:
 
 
 class Preemption:
-    """Turns SIGTERM/SIGINT into a flag the loop checks, so a checkpoint can be written first."""
+    """A stop request (SIGTERM, SIGINT) turned into a step at which every process saves and stops.
+
+    With one process, a Python handler sets a flag the loop checks after each step. With several,
+    SIGTERM is left to JAX's preemption notifier (installed by ``jax.distributed.initialize``; a
+    Python handler would shadow it): the coordination service tells every process, and
+    :meth:`reached` turns true at the same step on all of them
+    (``multihost_utils.reached_preemption_sync_point``), whichever process got the signal. SIGINT is
+    passed on to that notifier as a SIGTERM (its check costs under a microsecond a step). Without
+    JAX's preemption service, the processes agree on their flags with a small collective every
+    :data:`AGREE_EVERY` steps instead.
+    """
 
     def __init__(self):
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
+        self.sync_point = jax.process_count() > 1 and _preemption_service()
 
     def __enter__(self) -> Preemption:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGINT,) if self.sync_point else (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not in the main thread
@@ -280,10 +321,27 @@ class Preemption:
 
     def _handle(self, signum, frame):
         self.signal = signum
+        if self.sync_point:  # JAX's notifier tells the other processes
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def reached(self, step: int) -> bool:
+        """Whether every process stops after ``step`` (call it after every step, on every process)."""
+        if self.sync_point:
+            return multihost_utils.reached_preemption_sync_point(step)
+        if jax.process_count() > 1:  # a collective costs ~6 ms on CPUs (gloo): every few steps
+            return step % AGREE_EVERY == 0 and any(parallel.agree_max([self.signal is not None]))
+        return self.signal is not None
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _preemption_service() -> bool:
+    """Whether JAX's preemption sync manager runs in this process (several processes only)."""
+    from jax._src import distributed  # the manager is not public; reached_preemption_sync_point is
+
+    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
 
 
 def total_steps(options: ElmoOptions, config: TrainConfig, global_rows: int) -> int:
@@ -356,19 +414,29 @@ def run_steps(
             # reading bad_steps waits for the step; only where a checkpoint is due, so the loop
             # otherwise queues the next step while this one runs
             if ckpt.due(step) and int(state.bad_steps) == 0:
-                ckpt.save(step, state, position.to_dict())
+                ckpt.save(step, state, position.to_dict())  # written while the next steps run
             if heldout is not None and heldout.due(step):
                 heldout(step, state.params, writers, ckpt)
-            if preempt.signal is not None:
-                ckpt.save(step, state, position.to_dict(), force=True)
+            if preempt.reached(step):
+                ckpt.save(step, state, position.to_dict())
+                ckpt.wait()
                 print(
-                    f"stopped by signal {preempt.signal} at step {step}; checkpoint saved. Run the same "
-                    "command again to resume.",
+                    f"stopped at step {step} ({stop_reason(preempt)}); checkpoint {step} saved"
+                    f"{' by every process' if jax.process_count() > 1 else ''}. Run the same command "
+                    "again to resume.",
                     file=sys.stderr,
                 )
                 return {**last, "preempted": True, "step": step}
-        ckpt.save(int(state.step), state, position.to_dict(), force=True)
+        ckpt.save(int(state.step), state, position.to_dict())
+        ckpt.wait()
     return last
+
+
+def stop_reason(preempt: Preemption) -> str:
+    """What stopped the run, as the stop line says it."""
+    if preempt.signal is not None:
+        return f"signal {preempt.signal}"
+    return "a process of this job was asked to stop (SIGTERM or a preemption notice)"
 
 
 def check_bad_steps(state: TrainState, step: int, config: TrainConfig, ckpt: Checkpointer) -> None:

@@ -116,9 +116,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(corpus, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
-    assert "checkpoint saved" in err and "again to resume" in err
+    assert "again to resume" in err
     saved = checkpoint_manager(run).latest_step()
-    assert saved is not None and saved >= 5 and f"at step {saved}" in err
+    assert saved is not None and saved >= 5
+    assert f"stopped at step {saved} (signal 15); checkpoint {saved} saved" in err
+    assert checkpoint_manager(run).all_steps() == [saved]  # no checkpoint forced at step 1
 
 
 def test_non_finite_steps_are_skipped_then_stop_with_the_step(corpus, train_options, tmp_path, monkeypatch):
@@ -169,8 +171,46 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(corpus, train_options,
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"\0" * 7)
     train(options, TrainConfig(**cfg, max_steps=6))
-    assert "checkpoint 4 is unreadable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if line.startswith("warning: "))
+    assert re.fullmatch(
+        rf"warning: {run}: checkpoint 4 is damaged \(a [a-z ]+\); trying an older one", warning
+    )
+    assert [p.name.split(".")[1].split("-")[0] for p in (run / "checkpoints").glob("4.*")] == ["damaged"]
     assert checkpoint_manager(run).latest_step() == 6
+
+
+def test_a_passing_read_error_is_retried_never_a_rollback(corpus, train_options, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    import elmojax.train.checkpoints as checkpoints
+
+    run = tmp_path / "run"
+    cfg = dict(save_dir=str(run), train_prefix=corpus.train, vocab_file=corpus.vocab, progress=False)
+    train(train_options, TrainConfig(**cfg, checkpoint_every=2, max_steps=4))
+    real, failures = ocp.StandardCheckpointHandler.restore, []
+
+    def stalled(self, *args, **kwargs):  # the storage does not answer (n times)
+        if len(failures) < n:
+            failures.append(1)
+            raise ValueError("UNAVAILABLE: Error reading local file: connection timed out")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "restore", stalled)
+    monkeypatch.setattr(checkpoints, "RETRY_AFTER_S", 0.01)
+    n = 2  # fails, and fails again: one line, nothing moved or rolled back
+    with pytest.raises(
+        ElmoError, match=r"checkpoint 4 could not be read \(the storage did not answer .*twice"
+    ):
+        train(train_options, TrainConfig(**cfg, checkpoint_every=2, max_steps=6))
+    assert checkpoint_manager(run).all_steps() == [2, 4] and not list(
+        (run / "checkpoints").glob("*.damaged*")
+    )
+    failures.clear()
+    n = 1  # fails once: the retry reads it
+    last = train(train_options, TrainConfig(**cfg, checkpoint_every=2, max_steps=6))
+    assert last["step"] == 6 and len(failures) == 1
+    assert logged_step(run) == 6 and checkpoint_manager(run).all_steps() == [2, 4, 6]
 
 
 def test_unwritable_output_is_reported_before_work(corpus, tmp_path, capsys):
