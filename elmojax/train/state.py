@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
 from elmojax import parallel
 from elmojax.model.bilm import LSTMState, init_params, zero_state
@@ -75,7 +74,7 @@ class InitProgram:
     """:func:`init_state`'s program on one mesh: ``(key, bilm_params or None) -> TrainState``, each
     output in its sharding; :meth:`lower` for a topology without devices."""
 
-    def __init__(self, static: tuple, mesh: Mesh):
+    def __init__(self, static: tuple, mesh: jax.sharding.Mesh):
         self.init = functools.partial(_init_fn, *static)
         self.static, self.mesh = static, mesh
 
