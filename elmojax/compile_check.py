@@ -12,9 +12,14 @@ models.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +35,7 @@ from elmojax.model.flops import model_flops
 from elmojax.model.numerics import Numerics
 from elmojax.options import N_DIRECTIONS, ElmoOptions
 from elmojax.parallel import DataParallel
-from elmojax.train.state import init_state
+from elmojax.train.state import init_program, init_state
 from elmojax.train.step import StepConfig, jit_eval_step, jit_train_step
 
 GiB = 2**30
@@ -88,11 +93,23 @@ class CompileReport:
     compile_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report as JSON: its fields, ``steps`` in order, and each step by name too
+        (``init``, ``train``, ``eval``, ``embed``: ``per_chip_bytes`` and the rest)."""
+        d = asdict(self)
+        for step in d["steps"]:
+            d[step["name"]] = step
+        return d
 
 
 def topology_devices(topology: str) -> list:
-    """The devices of a TPU topology such as ``v5e:4x4`` (needs ``libtpu``, no TPU)."""
+    """The devices of a TPU topology such as ``v5e:4x4`` or ``v5e:1x1`` (needs ``libtpu``, no TPU).
+
+    libtpu starts up looking for the TPU VM it runs on and writes what it misses to the process's
+    stderr (host bounds, worker hostnames, a "Source Location Trace"): on a machine without a TPU,
+    which is this command's purpose, that is noise, so fd 2 goes to a scratch file meanwhile. A
+    topology smaller than libtpu's default chips a host (``2x2x1``: ``v5e:1x1``, ``v6e:1x1``, a
+    one-chip TPU VM) is asked for again with that many chips a host.
+    """
     try:
         import libtpu  # noqa: F401
     except ImportError:
@@ -101,14 +118,55 @@ def topology_devices(topology: str) -> list:
         ) from None
     from jax.experimental import topologies
 
+    def describe(**kwargs) -> list:
+        with _stderr_to_scratch():
+            desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs)
+        return list(desc.devices)
+
     try:
-        return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
+        try:
+            return describe()
+        except Exception as e:  # noqa: BLE001 - a topology smaller than a host: retried below
+            bounds = _host_bounds_for(topology, str(e))
+            if bounds is None:
+                raise
+            return describe(chips_per_host_bounds=bounds)
     except Exception as e:  # noqa: BLE001 - libtpu's errors for a name it does not know vary
         first = first_line(e, 200)
         raise ElmoError(
             f"`topology` {topology!r}: not a TPU topology libtpu knows ({first}); use names such as "
-            "v5e:2x2, v5e:4x4, v4:2x2x2, v5p:2x2x2, v6e:2x2"
+            "v5e:1x1, v5e:2x2, v5e:4x4, v4:2x2x2, v5p:2x2x2, v6e:1x1, v6e:2x2"
         ) from None
+
+
+def _host_bounds_for(topology: str, message: str) -> list[int] | None:
+    """Chips a host for a topology libtpu refused as "not divisible by the given (or default)
+    chips_per_host_bounds AxBxC": each bound cut to the topology's size, or None for another error."""
+    default = re.search(r"chips_per_host_bounds\W+(\d+(?:x\d+)*)", message)
+    dims = re.fullmatch(r"[^:]+:(\d+(?:x\d+)*)", topology.strip())
+    if "not divisible" not in message or default is None or dims is None:
+        return None
+    bounds = [int(b) for b in default.group(1).split("x")]
+    sizes = [int(d) for d in dims.group(1).split("x")]
+    sizes += [1] * (len(bounds) - len(sizes))
+    cut = [min(b, d) for b, d in zip(bounds, sizes, strict=False)]
+    return None if cut == bounds else cut
+
+
+@contextlib.contextmanager
+def _stderr_to_scratch() -> Iterator[None]:
+    """The process's fd 2 (C++ libraries' stderr too) to a temporary file for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as scratch:
+            os.dup2(scratch.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def hbm_bytes(device_kind: str) -> int | None:
@@ -207,7 +265,7 @@ def check(
     batch_size: int,
     numerics: Numerics | None = None,
     softmax_shards: int | None = None,
-    steps: tuple[str, ...] = ("train", "eval", "embed"),
+    steps: tuple[str, ...] = ("init", "train", "eval", "embed"),
 ) -> CompileReport:
     """Compile ``steps`` of ``options`` with an ``n_vocab``-word vocabulary for ``topology`` at
     ``batch_size`` rows per chip, and report what each needs per chip (see the module docstring).
@@ -226,11 +284,15 @@ def check(
     reports: list[StepReport] = []
     shapes = jax.eval_shape(lambda: init_state(config, par.global_rows, jax.random.PRNGKey(0)))
     state = par.abstract_state(shapes)
+    whole = parallel.replicated(par.mesh)
     t_all = time.perf_counter()
     for name in steps:
         t0 = time.perf_counter()
         try:
-            if name == "train":
+            if name == "init":
+                lowered = init_program(config, par.global_rows).lower(_abstract((2,), jnp.uint32, whole))
+                reports.append(_analyse(name, lowered, _per_chip(state), 0.0, t0))
+            elif name == "train":
                 lowered = jit_train_step.lower(state, step_batch_shapes(options, par, n_vocab, True), config)
                 reports.append(_analyse(name, lowered, _per_chip(state), flops.training * tokens, t0))
             elif name == "eval":
@@ -241,13 +303,13 @@ def check(
             elif name == "embed":
                 reports.append(_embed_report(options, par, numerics, state.params["bilm"], flops, t0))
             else:
-                raise ElmoError(f"`steps`: unknown step {name!r}; use train, eval, embed")
+                raise ElmoError(f"`steps`: unknown step {name!r}; use init, train, eval, embed")
         except ElmoError:
             raise
         except Exception as e:  # noqa: BLE001 - XLA reports running out of memory as a runtime error
             if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
                 raise
-            persistent = state if name == "train" else state.params
+            persistent = state if name in ("init", "train") else state.params
             reports.append(out_of_memory(name, str(e), _per_chip(persistent), time.perf_counter() - t0))
     kind = devices[0].device_kind
     hbm = hbm_bytes(kind)

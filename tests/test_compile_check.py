@@ -10,7 +10,16 @@ import sys
 import pytest
 
 from elmojax.cli import cli_message, main
-from elmojax.compile_check import CompileReport, collectives, does_not_fit, hbm_bytes, out_of_memory, summary
+from elmojax.compile_check import (
+    CompileReport,
+    _host_bounds_for,
+    collectives,
+    does_not_fit,
+    hbm_bytes,
+    out_of_memory,
+    summary,
+)
+from tests.helpers import run_module
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
@@ -93,3 +102,39 @@ def test_tiny_config_on_a_small_topology_fits_and_a_huge_vocabulary_does_not(cor
     err = capsys.readouterr().err.strip()
     assert err.startswith("elmojax compile-check: v5e:2x2: the train step needs") and "16.0 GB HBM" not in err
     assert "17.2 GB HBM" in err and "\n" not in err
+
+
+def test_a_topology_smaller_than_a_host_gets_its_own_host_bounds():
+    """libtpu's refusal of ``v5e:1x1`` names its default chips a host; the retry cuts them to size."""
+    refused = (
+        'INVALID_ARGUMENT: Topology layout "v5e:1x1" is not divisible by the given (or default) '
+        'chips_per_host_bounds "2x2x1"'
+    )
+    assert _host_bounds_for("v5e:1x1", refused) == [1, 1, 1]
+    assert _host_bounds_for("v6e:1x2", refused.replace("1x1", "1x2")) == [1, 2, 1]
+    assert _host_bounds_for("v4:1x1x1", refused.replace("v5e:1x1", "v4:1x1x1")) == [1, 1, 1]
+    assert _host_bounds_for("v5e:2x2", refused) is None  # the same bounds again: nothing to retry
+    assert _host_bounds_for("v5e:1x1", "INVALID_ARGUMENT: unknown topology") is None
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install 'elmojax[tpu]')")
+def test_one_chip_topologies_compile_and_stderr_is_only_the_answer(corpus):
+    """``v5e:1x1`` and ``v6e:1x1`` (one-chip TPU VMs) compile here, and nothing of libtpu's start-up
+    (host bounds, worker hostnames, a Source Location Trace) reaches stderr: a configuration that
+    fits writes nothing there, one that does not writes its one line."""
+    argv = ["elmojax", "compile-check", "--options-file", corpus.options_file, "--steps", "init,eval"]
+    r = run_module(*argv, "--topology", "v5e:1x1", "--vocab-file", corpus.vocab, "--json")
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert report["fits"] and report["chips"] == 1 and report["device_kind"] == "TPU v5 lite"
+    assert [s["name"] for s in report["steps"]] == ["init", "eval"]
+    assert report["init"] == report["steps"][0] and report["eval"] == report["steps"][1]
+    assert 0 < report["init"]["per_chip_bytes"] < 2**20 and report["init"]["placed"]
+    # 2,000 million words: the init alone needs 112 GB a chip (W, b and their accumulators)
+    r = run_module(*argv, "--topology", "v6e:1x1", "--vocab-size", "2000000000", "--steps", "init")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "| init | " in r.stdout and "does NOT fit" in r.stdout
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("elmojax compile-check: v6e:1x1: the init step needs")
+    assert "TPU v6 lite chip has 34.4 GB HBM" in lines[0]

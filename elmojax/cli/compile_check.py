@@ -18,14 +18,18 @@ DOES_NOT_FIT = 3
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compile-check",
-        help="compile the train, evaluation and embedding steps for a TPU topology (no TPU needed) "
+        help="compile the init, train, evaluation and embedding programs for a TPU topology (no TPU needed) "
         "and report per-chip memory, collectives and FLOPs",
-        description="Compile the steps exactly as `train`, `evaluate` and `embed` run them for a TPU "
-        "topology (e.g. v5e:4x4) on this machine, with libtpu installed (pip install 'elmojax[tpu]'), "
-        "and report what each chip needs. Exits 0 when every step fits the chip's memory, 3 when not.",
+        description="Compile the programs exactly as `train` (its init and step), `evaluate` and `embed` "
+        "run them for a TPU topology (e.g. v5e:4x4, or v5e:1x1 for one chip) on this machine, with "
+        "libtpu installed (pip install 'elmojax[tpu]'), "
+        "and report what each chip needs. Exits 0 when every program fits the chip's memory, 3 when not.",
     )
     flags.flag(
-        p, "--topology", required=True, help="TPU topology, e.g. v5e:2x2, v5e:4x4, v4:2x2x2, v5p:2x2x2"
+        p,
+        "--topology",
+        required=True,
+        help="TPU topology, e.g. v5e:1x1, v5e:2x2, v5e:4x4, v4:2x2x2, v5p:2x2x2, v6e:1x1",
     )
     flags.flag(p, "--options-file", required=True, help="options.json with the model and training keys")
     vocab = p.add_mutually_exclusive_group(required=True)
@@ -37,7 +41,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     flags.add_softmax_shards(p, default_help="all the topology's chips (one slice)")
     flags.add_compute_dtype(p)
     flags.flag(
-        p, "--steps", default="train,eval,embed", help="which steps to compile (default train,eval,embed)"
+        p,
+        "--steps",
+        default="init,train,eval,embed",
+        help="which programs to compile (default init,train,eval,embed)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)

@@ -258,7 +258,8 @@ def restore_or_init(
         return restored["state"]
     options = step_config.options
     init = load_weights(config.init_from, options) if config.init_from else None
-    state = par.put_state(init_state(step_config, par.global_rows, jax.random.PRNGKey(config.seed), init))
+    # created in its shardings (step_config.mesh is par.mesh): the softmax is never whole on a device
+    state = init_state(step_config, par.global_rows, jax.random.PRNGKey(config.seed), init)
     if jax.process_index() == 0:
         options.save(save_dir / "options.json")
         vocab.save(save_dir / "vocab.txt")

@@ -19,6 +19,24 @@ def sharded(check: str, tmp_path) -> str:
 
 
 @pytest.mark.multidevice
+def test_state_is_born_in_its_shardings(tmp_path):
+    """8 devices, 40,003 words: every array of a fresh state is created in its sharding, equal to
+    the unsharded init's values (exactly), and the compiled init's outputs per device are its shards."""
+    r = run_module("tests.multidevice.sharded_init", "quick", tmp_path, devices=8)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "values char shards=8 init_from=True" in r.stdout and "values ok" in r.stdout
+    assert "memory ok" in r.stdout
+
+
+@pytest.mark.e2e
+def test_state_is_born_in_its_shardings_for_every_layout(tmp_path):
+    """Character and word-level models, 8 and 2 x 4 shards, random and ``--init-from`` weights."""
+    r = run_module("tests.multidevice.sharded_init", "values", tmp_path, devices=8)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("values ") == 9 and "values word shards=4 init_from=True" in r.stdout
+
+
+@pytest.mark.multidevice
 def test_no_collective_moves_a_vocabulary_sized_array(tmp_path):
     out = sharded("collectives", tmp_path)
     assert out.count("largest collective dimension") == 4 and "collectives ok" in out
