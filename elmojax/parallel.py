@@ -215,14 +215,30 @@ def batch_is_sharded() -> bool:
 # --- tables whose rows are split over the shard axis --------------------------------------------
 
 
-def take_rows(table: jax.Array, ids: jax.Array, mesh: Mesh | None, *, sharded_ids: bool = False) -> jax.Array:
+def take_rows(
+    table: jax.Array,
+    ids: jax.Array,
+    mesh: Mesh | None,
+    *,
+    sharded_ids: bool = False,
+    sorted_unique: bool = False,
+) -> jax.Array:
     """``table[ids]`` (ids out of range read zeros) for a table whose rows may be split over the
     shard axis: each shard looks up the ids it owns and the pieces are summed, so only the looked-up
     rows cross devices. ``ids`` (any shape) are the same on every device, and so is the result;
     with ``sharded_ids`` their leading axis is split over the batch axes instead (each device's
-    own ids), and so is the result's."""
+    own ids), and so is the result's. ``sorted_unique`` promises ascending, distinct ``ids [R]``
+    (out-of-range ones included), which lets one device's gather skip its checks."""
     if row_shards(mesh) == 1:
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)
+        return jnp.take(
+            table,
+            ids,
+            axis=0,
+            mode="fill",
+            fill_value=0,
+            indices_are_sorted=sorted_unique,
+            unique_indices=sorted_unique,
+        )
 
     def lookup(block, ids):
         offset = jax.lax.axis_index(SHARD) * block.shape[0]
@@ -244,13 +260,26 @@ def take_rows(table: jax.Array, ids: jax.Array, mesh: Mesh | None, *, sharded_id
     )
 
 
-def put_rows(table: jax.Array, ids: jax.Array, values: jax.Array, mesh: Mesh | None) -> jax.Array:
+def put_rows(
+    table: jax.Array,
+    ids: jax.Array,
+    values: jax.Array,
+    mesh: Mesh | None,
+    *,
+    sorted_unique: bool = False,
+) -> jax.Array:
     """``table`` with rows ``ids`` set to ``values`` (ids out of range dropped), rows split over the
     shard axis or not: each shard writes the rows it owns, nothing crosses devices. ``ids [R]``
-    must be distinct (but for out-of-range ones); ids and values are the same on every device."""
+    must be distinct (but for out-of-range ones); ids and values are the same on every device.
+    Inside a jitted function whose ``table`` is donated, the rows are written in place (the
+    compiled program copies no ``[V, ...]`` array). ``sorted_unique`` promises ascending ids,
+    distinct out-of-range ones included: one device's scatter then needs no ordering or
+    collision handling (GPUs and TPUs write the rows in parallel)."""
     values = values.astype(table.dtype)
     if row_shards(mesh) == 1:
-        return table.at[ids].set(values, mode="drop")
+        return table.at[ids].set(
+            values, mode="drop", indices_are_sorted=sorted_unique, unique_indices=sorted_unique
+        )
 
     def local(block, ids, values):
         offset = jax.lax.axis_index(SHARD) * block.shape[0]

@@ -40,7 +40,8 @@ class SoftmaxRows(NamedTuple):
 class SparseView(NamedTuple):
     """What a sparse step reads instead of full parameters.
 
-    ``rows`` maps a parameter path to the row ids taken (``[R]``, padded with out-of-range ids);
+    ``rows`` maps a parameter path to the row ids taken (``[R]``, ascending and distinct, padded
+    with distinct out-of-range ids: the gathers and scatters may say so, see :func:`pad_distinct`);
     ``softmax`` locates the batch's targets and negatives among the softmax rows (None: dense
     softmax); ``embedding`` says the batch's token table indexes the word embedding's rows.
     """
@@ -69,8 +70,17 @@ def map_rows(fn: Callable, tree: Any, rows: dict[tuple, jax.Array], *others: Any
     return jax.tree_util.tree_map_with_path(visit, tree, *others)
 
 
-#: the id that pads a step's row set: out of range of every table, so it reads zeros and is dropped
+#: the largest id that pads a step's row set: out of range of every table, so it reads zeros and is dropped
 PAD_ID = 2**31 - 1
+
+
+def pad_distinct(uniq: jax.Array) -> jax.Array:
+    """``jnp.unique``'s ascending row set ``[R]`` with its padding (:data:`PAD_ID`, repeated at the
+    end) made distinct: ``PAD_ID - R + 1 + position``, still ascending and out of range of every
+    table. Sorted, distinct ids let one device gather and scatter the rows without ordering or
+    collision handling (XLA's ``indices_are_sorted``/``unique_indices``)."""
+    n = uniq.shape[0]
+    return jnp.where(uniq == PAD_ID, PAD_ID - n + 1 + jnp.arange(n, dtype=uniq.dtype), uniq)
 
 
 def sparse_view(
@@ -96,13 +106,13 @@ def sparse_view(
             targets=inverse[: batch.targets.size].reshape(batch.targets.shape),
             sampled=inverse[batch.targets.size :].reshape(batch.sampled.shape),
         )
-        rows[SOFTMAX_W] = rows[SOFTMAX_B] = uniq
+        rows[SOFTMAX_W] = rows[SOFTMAX_B] = pad_distinct(uniq)
     use_embedding = embedding and batch.table.size <= SPARSE_FRACTION * n_vocab
     if use_embedding:
         table = batch.table
         uniq, inverse = jnp.unique(table, size=table.size, fill_value=PAD_ID, return_inverse=True)
         batch = batch._replace(table=inverse.reshape(table.shape))
-        rows[WORD_EMBEDDING] = uniq
+        rows[WORD_EMBEDDING] = pad_distinct(uniq)
     view = SparseView(rows, softmax_rows, use_embedding)
     return view, gather_view(params, view, mesh), batch
 
@@ -111,11 +121,13 @@ def gather_view(tree: Any, view: SparseView, mesh: Mesh | None = None) -> Any:
     """The view's rows of ``tree`` (params, or an optimiser state that mirrors them)."""
     if not view.rows:
         return tree
-    return map_rows(lambda x, rows: take_rows(x, rows, mesh), tree, view.rows)
+    return map_rows(lambda x, rows: take_rows(x, rows, mesh, sorted_unique=True), tree, view.rows)
 
 
 def scatter_view(tree: Any, view: SparseView, updated: Any, mesh: Mesh | None = None) -> Any:
     """``tree`` (params or optimiser state) with the view's rows replaced by ``updated``'s."""
     if not view.rows:
         return updated
-    return map_rows(lambda x, rows, values: put_rows(x, rows, values, mesh), tree, view.rows, updated)
+    return map_rows(
+        lambda x, rows, values: put_rows(x, rows, values, mesh, sorted_unique=True), tree, view.rows, updated
+    )

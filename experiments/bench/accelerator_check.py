@@ -8,11 +8,17 @@ a few steps; a test runs it so the script cannot rot). On a GPU or TPU, in at mo
     python experiments/bench/accelerator_check.py --skip-tests    # throughput only
     python experiments/bench/accelerator_check.py --tiny          # the CPU rehearsal
 
+The numeric tests are :data:`NUMERIC_TESTS`: a listed file that does not exist stops the script
+before anything runs (exit 2), a failing test makes it exit 1 once the table is printed. The
+rehearsal collects the same list (``pytest --collect-only``, none may be skipped) instead of
+running it, so a moved test file fails on the CPU, not on the device.
+
 Each training run is the user's command (``elmojax.cli.main(["train", ...])``) in its own process,
 on a synthetic Zipf corpus, at ``--rows`` rows per device over every local device; its figures come
 from its ``metrics.jsonl``: end-to-end tokens/s (host pipeline included, the median of the
-steady-state log intervals), model TFLOP/s by bilm-tf's FLOP count (:mod:`elmojax.flops`), MFU
-against the chip's dense peak for the dtype (TF32 for float32 on GPUs), compile seconds, and the
+steady-state log intervals), model TFLOP/s by bilm-tf's FLOP count (:mod:`elmojax.model.flops`),
+MFU against the chip's dense peak for the dtype (:func:`elmojax.model.flops.peak_tflops`: TF32 for
+float32 on GPUs, one bfloat16 pass on TPUs), compile seconds, and the
 process's peak device memory. Embedding is ``Embedder.embed_sentences`` on the same sentences with
 random weights, after one warm-up pass (labelled: compilation excluded).
 """
@@ -35,12 +41,15 @@ CONFIGS = ROOT / "experiments" / "configs"
 sys.path.insert(0, str(HERE))
 from train_throughput import make_corpus  # noqa: E402  (the benches' one synthetic corpus)
 
-NUMERIC_TESTS = [
-    "tests/test_model.py",
-    "tests/test_softmax.py",
-    "tests/test_numerics.py",
-    "tests/test_embed.py",
-]
+#: the tests that touch numerics, run on the device first (paths from the repository root;
+#: tests/test_accelerator_check.py collects them)
+NUMERIC_TESTS = (
+    "tests/model/test_bilm.py",
+    "tests/model/test_elmo.py",
+    "tests/model/test_softmax.py",
+    "tests/train/test_numerics.py",
+    "tests/embed/test_embed.py",
+)
 
 TINY = {
     "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
@@ -141,6 +150,32 @@ def embed_row(name: str, options_file: Path, corpus: Path, dtype: str, args) -> 
     }
 
 
+def missing_tests(paths: list[str]) -> list[str]:
+    """The test files of ``paths`` (relative to the repository root) that do not exist: pytest
+    would exit 4 on them, which the script must not take for a pass."""
+    return [p for p in paths if not (ROOT / p).is_file()]
+
+
+def run_tests(paths: list[str], collect_only: bool) -> tuple[int, str]:
+    """pytest on ``paths`` (relative to the repository root): ``(exit status, pytest's last line)``.
+
+    Collecting only (the CPU rehearsal), a test skipped or deselected at collection counts as a
+    failure too: the device would not run it.
+    """
+    mode = ["--collect-only", "-rs"] if collect_only else ["-x"]  # -rs: name what is skipped
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *mode, *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    lines = r.stdout.strip().splitlines() or ["(no output)"]
+    last, code = lines[-1], r.returncode
+    skipped = [x for x in lines if x.startswith("SKIPPED")]
+    if code == 0 and collect_only and (skipped or "deselected" in last):
+        code, last = 1, f"{last}; not run on the device: {'; '.join(skipped) or last}"
+    if code:
+        sys.stdout.write(r.stdout[-3000:])
+    return code, last
+
+
 def table(rows: list[dict]) -> str:
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)
@@ -167,8 +202,15 @@ def main(argv=None) -> int:
         "--steps", type=int, default=None, help="logged steps after the first (default 30; 6 --tiny)"
     )
     p.add_argument("--skip-tests", action="store_true", help="no numeric tests first")
+    p.add_argument(
+        "--tests",
+        default=",".join(NUMERIC_TESTS),
+        help="comma-separated test files from the repository root (default: NUMERIC_TESTS)",
+    )
     p.add_argument("--skip-embed", action="store_true")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the chip's peak, if not in elmojax.flops")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="the chip's peak, if elmojax.model.flops lacks it"
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per child process")
     p.add_argument("--out", default=None, help="also write the table (markdown) here")
     p.add_argument(
@@ -180,12 +222,19 @@ def main(argv=None) -> int:
     args.rows = args.rows or (4 if args.tiny else 128)
     args.steps = args.steps or (6 if args.tiny else 30)
     rows: list[dict] = []
+    tests_code, tests_line = 0, "numeric tests skipped (--skip-tests)"
+    if not args.skip_tests:
+        missing = missing_tests(args.tests.split(","))
+        if missing:  # stop before spending device time
+            print(f"numeric test file not found: {', '.join(missing)} (fix NUMERIC_TESTS or --tests)")
+            return 2
+        t0 = time.perf_counter()
+        tests_code, last = run_tests(args.tests.split(","), collect_only=args.tiny)
+        what = "collected" if args.tiny else "run"
+        tests_line = f"numeric tests {what}: exit {tests_code} in {time.perf_counter() - t0:.0f} s: {last}"
+        print(tests_line, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if not args.skip_tests:
-            t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", *NUMERIC_TESTS], cwd=ROOT)
-            print(f"numeric tests: exit {r.returncode} in {time.perf_counter() - t0:.0f} s", flush=True)
         corpus = work / "corpus"
         corpus.mkdir()
         make_corpus(corpus, *((500, 400) if args.tiny else (20000, 20000)))
@@ -212,6 +261,9 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if tests_code:  # the table is still worth having, but the check failed
+        print(f"FAILED: {tests_line}", flush=True)
+        return 1
     return 0
 
 
