@@ -375,7 +375,9 @@ def run_steps(
             f"compute dtype {config.numerics.compute_dtype}",
             file=sys.stderr,
         )
-    peak = peak_tflops(par.mesh.devices.flat[0].device_kind, config.numerics.compute_dtype)
+    peak = peak_tflops(
+        par.mesh.devices.flat[0].device_kind, config.numerics.compute_dtype, config.numerics.precision
+    )
     meter = Meter(start, par.global_rows * t.unroll_steps, flops_per_token, t.learning_rate,
                   peak_tflops=peak and peak * par.n_devices)  # fmt: skip
     position = stream.position()  # the stream position that belongs with `state`
