@@ -1,13 +1,14 @@
 """Linear probes of a biLM's layers on a token-tagging task (``elmojax probe``).
 
-For each token of a training and a test file (:mod:`elmojax.data.conll`) the :class:`Embedder`'s
-layers ``[L + 1, 2P]`` are computed once, streamed to an ``.npy`` file in a cache directory (keyed
-by the contents of the options, weights, vocabulary and data files) and memory-mapped from there.
-On them a softmax regression (one weight matrix and bias; optax Adam, L2 penalty, a fixed seed) is
-trained for each layer alone, for the mean of the layers and for a learned scalar mix (softmax
-weights and a scale, as :class:`~elmojax.model.elmo.ScalarMix`), and scored on the test file:
-accuracy for CoNLL-U tasks, conlleval's span F1 for ``ner``/``chunk``. Each layer is standardized
-with the training file's mean and deviation first, so one learning rate suits all of them.
+For each token of a training and a test file (:mod:`elmojax.data.conll`) the layers
+``[L + 1, 2P]`` of :class:`~elmojax.embed.embedder.Embedder` are computed once, streamed to an
+``.npy`` file in a cache directory (keyed by the contents of the options, weights, vocabulary and
+data files) and memory-mapped from there. On them a softmax regression (one weight matrix and bias;
+optax Adam, L2 penalty, a fixed seed) is trained for each layer alone, for the mean of the layers
+and for a learned scalar mix (softmax weights and a scale, as
+:class:`~elmojax.model.elmo.ScalarMix`), and scored on the test file: accuracy for CoNLL-U tasks,
+conlleval's span F1 for ``ner``/``chunk``. Each layer is standardized with the training file's mean
+and deviation first, so one learning rate suits all of them.
 
 Baselines: the same options with random weights (``control``, as Hewitt and Liang's control
 models: what the architecture alone gives) and each word's most frequent training tag.
@@ -170,15 +171,37 @@ class Probe:
             return jnp.full(n_layers, 1.0 / n_layers), jnp.zeros(())
         return jax.nn.one_hot(int(self.mode), n_layers), jnp.zeros(())
 
+    def _inputs(self, x: np.ndarray) -> np.ndarray:
+        """What a step reads: all layers for ``mix``; else the one representation ``[N, 1, D]``,
+        standardized once here rather than in every step."""
+        if self.mode == "mix":
+            return x
+        fixed = np.asarray(self._selection(x.shape[1])[0])
+        mean, std = (np.asarray(a) for a in self.stats)
+        return np.concatenate(
+            [
+                np.einsum("l,nld->nd", fixed, (np.asarray(x[s : s + BLOCK_TOKENS]) - mean) / std)[:, None]
+                for s in range(0, len(x), BLOCK_TOKENS)
+            ]
+        ).astype(np.float32)
+
+    def _step_args(self, n_layers: int) -> tuple:
+        """``(stats, fixed, learn)`` of the step for :meth:`_inputs`' arrays."""
+        if self.mode == "mix":
+            return (self.stats, *self._selection(n_layers))
+        dim = self.stats[0].shape[-1]
+        return (jnp.zeros((1, dim)), jnp.ones((1, dim))), jnp.ones(1), jnp.zeros(())
+
     def fit(self, x: np.ndarray, y: np.ndarray) -> list[float]:
         """Train on ``x [N, L + 1, D]`` and tags ``y [N]``; returns the loss of every step."""
         n, n_layers, dim = x.shape
         self.stats = _layer_stats(x)
-        fixed, learn = self._selection(n_layers)
+        x = self._inputs(x)
+        stats, fixed, learn = self._step_args(n_layers)
         params = {
             "kernel": jax.random.normal(jax.random.PRNGKey(self.seed), (dim, self.n_classes)) * 0.01,
             "bias": jnp.zeros(self.n_classes),
-            "w": jnp.zeros(n_layers),
+            "w": jnp.zeros(x.shape[1]),
             "gamma": jnp.ones(()),
         }
         opt_state = _adam(self.learning_rate).init(params)
@@ -196,27 +219,29 @@ class Probe:
                 s, e = blocks[order.pop()]
                 xb, yb = jnp.asarray(x[s:e]), jnp.asarray(y[s:e])
             params, opt_state, loss = _step(
-                params, opt_state, xb, yb, self.stats, fixed, learn, self.l2, learning_rate=self.learning_rate
+                params, opt_state, xb, yb, stats, fixed, learn, self.l2, learning_rate=self.learning_rate
             )
             losses.append(loss)
         self.params = params
+        self.n_layers = n_layers
         return [float(v) for v in losses]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class ids ``[N]`` of ``x [N, L + 1, D]``."""
-        fixed, learn = self._selection(x.shape[1])
+        args = self._step_args(x.shape[1])
+        x = self._inputs(x)
         return np.concatenate(
             [
-                np.asarray(
-                    _predict(self.params, jnp.asarray(x[s : s + BLOCK_TOKENS]), self.stats, fixed, learn)
-                )
+                np.asarray(_predict(self.params, jnp.asarray(x[s : s + BLOCK_TOKENS]), *args))
                 for s in range(0, len(x), BLOCK_TOKENS)
             ]
         )
 
     def mix_weights(self) -> list[float]:
         """The layers' weights in this probe's representation (the learned ones for ``mix``)."""
-        fixed, learn = self._selection(len(self.params["w"]))
+        fixed, learn = self._selection(self.n_layers)
+        if self.mode != "mix":
+            return [float(v) for v in fixed]
         return [float(v) for v in _weights(self.params, fixed, learn)[0]]
 
 

@@ -137,7 +137,8 @@ def read_columns(path: str | Path) -> TaggedFile:
 
 
 def read_tagged(path: str | Path, task: str) -> TaggedFile:
-    """The sentences of ``path`` for ``task`` (one of :data:`TASKS`); an empty file is an error."""
+    """The sentences of ``path`` for ``task`` (``upos``, ``xpos``, ``deprel``, ``ner`` or ``chunk``);
+    an empty file is an error."""
     if task not in TASKS:
         raise ElmoError(f"unknown `task` {task!r}; choose one of {', '.join(TASKS)}")
     data = read_conllu(path, task) if task in CONLLU_COLUMNS else read_columns(path)
