@@ -88,7 +88,7 @@ ELMOJAX = [(page, args) for page, argv in COMMANDS if (args := elmojax_argv(argv
 
 def test_the_docs_show_every_command():
     shown = {args[0] for _, args in ELMOJAX if args and not args[0].startswith("-")}
-    assert shown == {"prepare", "train", "evaluate", "export", "embed", "compile-check"}
+    assert shown == {"prepare", "train", "evaluate", "export", "embed", "probe", "compile-check"}
     assert len(ELMOJAX) >= 25  # the extraction finds the blocks and the tables
 
 

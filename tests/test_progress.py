@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": ["--save-dir", "s", "--test-prefix", "t"],
     "embed": ["in.txt", "out.h5", "--options-file", "o", "--weight-file", "w"],
     "prepare": ["in.txt", "--out", "o"],
+    "probe": ["--options-file", "o", "--weight-file", "w", "--train", "a", "--test", "b", "--task", "upos"],
 }
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from elmojax.cli import compile_check, embed, evaluate, export, prepare, train
+from elmojax.cli import compile_check, embed, evaluate, export, prepare, probe, train
 from elmojax.cli.flags import cli_message
 from elmojax.errors import ElmoError
 from elmojax.runtime import enable_compilation_cache, retain_freed_memory, skip_absent_tpu
@@ -24,10 +24,11 @@ COMMANDS = {
     "evaluate": evaluate,
     "export": export,
     "embed": embed,
+    "probe": probe,
     "compile-check": compile_check,
 }
 #: commands that run JAX computations (process-wide settings apply before JAX starts)
-JAX_COMMANDS = ("train", "evaluate", "embed")
+JAX_COMMANDS = ("train", "evaluate", "embed", "probe")
 
 
 def build_parser() -> argparse.ArgumentParser:
