@@ -414,6 +414,11 @@ class Checkpointer:
             raise disk_full_error(self.save_dir, f"writing checkpoint {step}", self.latest_step()) from None
 
     def _remove_incomplete(self, step: int) -> None:
+        # the save's other writer threads may still be creating files under the temporary name:
+        # let them end (each meets the same full disk) before removing what they leave
+        self.pending = None
+        with contextlib.suppress(Exception):
+            self.manager.wait_until_finished()
         for tmp in (Path(self.manager.directory)).glob(f"{step}.orbax-checkpoint-tmp*"):
             shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(Exception):
