@@ -105,6 +105,8 @@ def icu_words(run: str, it: Any = None) -> list[str]:
 def clean(text: str) -> str:
     """``text`` without format characters (ZWJ/ZWNJ kept) and NULs; U+200B and NUL count as spaces."""
     text = text.replace("\x00", " ")
+    if text.isascii():  # no format character is ASCII; most lines of most corpora are
+        return text
     fmt = _patterns()[2]
     if fmt.search(text):
         text = fmt.sub(lambda m: " " if m.group() == "\u200b" else "", text)
@@ -132,7 +134,7 @@ def split_sentences(text: str) -> list[list[str]]:
     sentences: list[list[str]] = []
     current: list[str] = []
     matches = list(token.finditer(text))
-    segment = run.search(text) is not None
+    segment = not text.isascii() and run.search(text) is not None
     i = 0
     while i < len(matches):
         m = matches[i]

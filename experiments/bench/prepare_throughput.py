@@ -60,7 +60,8 @@ def run_once(tree: Path, src: Path, workers: int | None, out: Path) -> tuple[flo
         cmd += ["--workers", str(workers)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    # cwd=tree: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH
+    subprocess.run(cmd, env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
