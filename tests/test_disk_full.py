@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from elmojax.cli import main
-from elmojax.train.checkpoints import checkpoint_manager, restore_params
+from elmojax.train.checkpoints import Checkpointer, checkpoint_manager, restore_params
 from tests.helpers import ROOT, embed_argv, train_argv
 
 
@@ -204,3 +205,16 @@ def test_injected_disk_full_in_an_hdf5_dump(tiny_export, tmp_path, monkeypatch, 
     assert main(embed_argv(tmp_path / "in.txt", dump, tiny_export)) == 2
     assert f"{dump}: the disk is full; nothing was written under this name" in one_line_error(capsys)
     assert dump.read_bytes() == b"an earlier dump"
+
+
+def test_a_writer_task_reported_after_the_checkpointer_closed_says_nothing(tmp_path, caplog):
+    """asyncio reports a failed writer task when the task is garbage-collected, which can be after
+    the run's one-line error and the Checkpointer's close (at the interpreter's exit): still quiet."""
+    (tmp_path / "run").mkdir()
+    Checkpointer(tmp_path / "run", every=1, keep=1).close()
+    logging.getLogger("asyncio").error(
+        "Task exception was never retrieved\nfuture: <Task finished exception=ValueError("
+        "'RESOURCE_EXHAUSTED: Failed to write 9502720 bytes to file 15: No space left on device')>"
+    )
+    logging.getLogger("asyncio").error("an unrelated asyncio error")
+    assert [r.getMessage() for r in caplog.records] == ["an unrelated asyncio error"]

@@ -311,18 +311,23 @@ def disk_full_error(save_dir: Path, what: str, latest: int | None) -> ElmoError:
 _SAID_ELSEWHERE = ("Reached preemption sync point",)
 
 
+def _not_said_elsewhere(record: logging.LogRecord) -> bool:
+    """A log filter: drop the records of orbax's writers about a full disk (the run says it in one
+    line) and the preemption notes (the stop line says them)."""
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+        text += str(record.exc_info[1])
+    return not any(s in text for s in (*DISK_FULL_TEXTS, *_SAID_ELSEWHERE))
+
+
 @contextlib.contextmanager
 def quiet_writer_noise() -> Iterator[None]:
     """While the block runs, drop what orbax's background writers report about a full disk on their
     own: their log records (with tracebacks) of the failed write, and the ``Event loop is closed``
     tracebacks that TensorStore's callbacks print when the writer's event loop was closed by the
-    failure. The save or wait that meets the failure raises it once, as the run's one-line error."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            text += str(record.exc_info[1])
-        return not any(s in text for s in (*DISK_FULL_TEXTS, *_SAID_ELSEWHERE))
+    failure. The save or wait that meets the failure raises it once, as the run's one-line error.
+    asyncio's filter stays after the block: it reports a failed writer task ("Task exception was
+    never retrieved") when the task is garbage-collected, which can be at the interpreter's exit."""
 
     def closed_loop(error: BaseException | None) -> bool:
         return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
@@ -337,16 +342,17 @@ def quiet_writer_noise() -> Iterator[None]:
         if not closed_loop(unraisable.exc_value):
             old_unraisable(unraisable)
 
-    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "concurrent.futures")]
+    loggers = [logging.getLogger(name) for name in ("absl", "concurrent.futures")]
     for logger in loggers:
-        logger.addFilter(keep)
+        logger.addFilter(_not_said_elsewhere)
+    logging.getLogger("asyncio").addFilter(_not_said_elsewhere)  # once: a filter is added once
     sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
     try:
         yield
     finally:
         sys.excepthook, sys.unraisablehook = old_excepthook, old_unraisable
         for logger in loggers:
-            logger.removeFilter(keep)
+            logger.removeFilter(_not_said_elsewhere)
 
 
 class Checkpointer:
