@@ -11,6 +11,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +220,26 @@ def test_a_writer_task_reported_after_the_checkpointer_closed_says_nothing(tmp_p
     )
     logging.getLogger("asyncio").error("an unrelated asyncio error")
     assert [r.getMessage() for r in caplog.records] == ["an unrelated asyncio error"]
+
+
+def test_files_a_failed_write_creates_after_the_failure_are_removed_at_close(tmp_path):
+    """The failed save's first error reaches us while tensorstore's own threads (which no orbax call
+    joins) may still create files under the temporary name: close() removes them once they stop."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = Checkpointer(run, every=1, keep=1)
+    ckpt.incomplete.add(4)
+    late = run / "checkpoints" / "4.orbax-checkpoint-tmp-1" / "state" / "d"
+
+    def straggler():
+        for _ in range(3):  # a writer that goes on for a moment after the error
+            time.sleep(0.15)
+            late.mkdir(parents=True, exist_ok=True)
+            (late / "chunk").write_bytes(b"\0" * 10)
+
+    writer = threading.Thread(target=straggler)
+    writer.start()
+    time.sleep(0.2)  # the first file exists when close() starts
+    ckpt.close()
+    writer.join()
+    assert not list((run / "checkpoints").iterdir())

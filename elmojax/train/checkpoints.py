@@ -371,6 +371,7 @@ class Checkpointer:
         self._quiet = quiet_writer_noise()  # for as long as writer threads may run: until close()
         self._quiet.__enter__()
         self.pending: int | None = None  # the step being written in the background
+        self.incomplete: set[int] = set()  # steps a full disk cut short, removed again at close()
         self.saved: int | None = self.manager.latest_step()
 
     def latest_step(self) -> int | None:
@@ -423,12 +424,32 @@ class Checkpointer:
         # the save's other writer threads may still be creating files under the temporary name:
         # let them end (each meets the same full disk) before removing what they leave
         self.pending = None
+        self.incomplete.add(step)
         with contextlib.suppress(Exception):
             self.manager.wait_until_finished()
-        for tmp in (Path(self.manager.directory)).glob(f"{step}.orbax-checkpoint-tmp*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        self._remove_temporary()
         with contextlib.suppress(Exception):
             self.manager.reload()
+
+    def _remove_temporary(self, settle_s: float = 0.0) -> None:
+        # tensorstore's own threads, which no orbax call joins, may still create files of a failed
+        # write for a moment: with ``settle_s``, remove until a pass finds nothing for that long
+        now = time.monotonic()
+        settled, deadline = now + settle_s, now + 10.0
+        while True:
+            found = [
+                tmp
+                for step in self.incomplete
+                for tmp in Path(self.manager.directory).glob(f"{step}.orbax-checkpoint-tmp*")
+            ]
+            for tmp in found:
+                shutil.rmtree(tmp, ignore_errors=True)
+            now = time.monotonic()
+            if found:
+                settled = now + settle_s
+            if now >= settled or now >= deadline:
+                return
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Wait for the checkpoint being written, then release orbax's threads."""
@@ -437,4 +458,6 @@ class Checkpointer:
         finally:
             with contextlib.suppress(Exception):
                 self.manager.close()
+            if self.incomplete:  # wait_until_finished returns at the first writer's failure
+                self._remove_temporary(settle_s=0.5)
             self._quiet.__exit__(None, None, None)
