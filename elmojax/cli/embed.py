@@ -119,9 +119,7 @@ def _embed(args: argparse.Namespace, embedder, input_file: str) -> None:
 
     kwargs = dict(output_format=args.output_format, batch_size=args.batch_size, errors=args.errors)
     if not args.distributed:
-        n = embed_file(
-            embedder, input_file, args.output_file, progress=flags.show_progress(args), **kwargs
-        )
+        n = embed_file(embedder, input_file, args.output_file, progress=flags.show_progress(args), **kwargs)
         print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)
         return
     import jax

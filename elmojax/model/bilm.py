@@ -96,7 +96,7 @@ class CharCNN(nn.Module):
     it: every token fits in the first ``chars - widest + 1`` columns. Then each filter only looks at
     windows starting there, and the windows made only of padding, which all share one value, are
     folded in as that single value; that is the same maximum for far less work. A table of more
-    than :data:`CONV_TOKENS` tokens (an accelerator's fixed table) is convolved in equal blocks of
+    than ``numerics.conv_tokens`` tokens (an accelerator's fixed table) is convolved in equal blocks of
     tokens, one after the other, so that a filter's ``[tokens, positions, n]`` outputs, the CNN's
     largest temporaries, exist for one block at a time; each token's maximum is the same.
     """
@@ -118,24 +118,22 @@ class CharCNN(nn.Module):
             w = self.param(f"W_cnn_{i}", init, (1, width, e, num), dtype)
             b = self.param(f"b_cnn_{i}", nn.initializers.zeros, (num,), dtype)
             if trimmed:
-                y = _in_blocks(conv_max_pool, x[:, : starts + width - 1], w[0], dot)
+                y = _in_blocks(
+                    conv_max_pool, x[:, : starts + width - 1], w[0], dot, self.numerics.conv_tokens
+                )
                 pad_window = dot(pad, jnp.sum(w[0], axis=0))  # [n]
                 y = jnp.where(pad_window > y, pad_window, y)
             else:
-                y = _in_blocks(conv_max_pool, x, w[0], dot)
+                y = _in_blocks(conv_max_pool, x, w[0], dot, self.numerics.conv_tokens)
             # adding the bias after the max is exact: rounding is monotonic, so the same element wins
             y = y + b
             outs.append(jax.nn.relu(y) if relu else jnp.tanh(y))
         return jnp.concatenate(outs, axis=-1)
 
 
-#: tables of more tokens than this are convolved block by block (see :class:`CharCNN`)
-CONV_TOKENS = 2048
-
-
-def _in_blocks(conv_max_pool, x: Array, w: Array, dot) -> Array:
+def _in_blocks(conv_max_pool, x: Array, w: Array, dot, max_tokens: int) -> Array:
     """``conv_max_pool(x, w, dot)`` over ``x [N, C, E]`` in the fewest equal blocks of at most
-    :data:`CONV_TOKENS` tokens a device (one block, the plain call, for small tables).
+    ``max_tokens`` tokens a device (one block, the plain call, for small tables).
 
     The table's rows are split over the devices of the batch (each device's block of distinct
     tokens): every block takes the same share of each device's rows, so no device reads another's.
@@ -144,7 +142,7 @@ def _in_blocks(conv_max_pool, x: Array, w: Array, dot) -> Array:
     groups = batch_groups()
     groups = groups if n % groups == 0 else 1
     per = n // groups
-    blocks = next((k for k in range(1, per + 1) if per % k == 0 and per // k <= CONV_TOKENS), 1)
+    blocks = next((k for k in range(1, per + 1) if per % k == 0 and per // k <= max_tokens), 1)
     if blocks == 1:
         return conv_max_pool(x, w, dot)
     rows = per // blocks

@@ -29,7 +29,11 @@ class Numerics:
     clipping, everything between matmuls, the softmax's log-sum-exp and the loss are float32 in
     either case. ``precision`` is the float32 matmul precision (``None``: the backend's default,
     TF32 on recent GPUs; ``"highest"``: full float32), ``kernels`` the implementation of the custom
-    ops, a name in :data:`elmojax.model.kernels.KERNELS`. Not part of ``options.json``: the same
+    ops, a name in :data:`elmojax.model.kernels.KERNELS`. ``conv_tokens`` and ``tile_logits`` bound
+    the largest temporaries without changing any value: a token table of more than ``conv_tokens``
+    tokens a device is convolved block by block (:class:`~elmojax.model.bilm.CharCNN`), and the
+    full softmax is scanned in tiles of at most ``tile_logits`` float32 logits
+    (:func:`~elmojax.model.softmax.full_softmax_loss`). Not part of ``options.json``: the same
     model file can be run with any numerics. How the batch is spread over devices is not a
     numerical setting: the kernels ask :mod:`elmojax.parallel` while they are traced.
     """
@@ -38,6 +42,8 @@ class Numerics:
     param_dtype: str = "float32"
     precision: str | None = None
     kernels: str = "xla"
+    conv_tokens: int = 2048
+    tile_logits: int = 2**26
 
     def __post_init__(self):
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -50,6 +56,9 @@ class Numerics:
                 f"numerics: param dtype {self.param_dtype!r} is not supported; parameters are float32 "
                 "(use compute_dtype for bfloat16 matmuls)"
             )
+        for name in ("conv_tokens", "tile_logits"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise OptionsError(f"numerics: `{name}` must be an integer >= 1, not {getattr(self, name)!r}")
         if self.precision not in _PRECISIONS:
             raise OptionsError(f"numerics: precision {self.precision!r} is not one of default, high, highest")
 

@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from elmojax.model.kernels.dot import DEFAULT, Dot
+from elmojax.model.numerics import Numerics
 from elmojax.parallel import row_shards, vocab_sharded
 
 Array = jax.Array
@@ -75,11 +76,6 @@ def sampled_softmax_loss(
     return jax.nn.softplus(jax.nn.logsumexp(sampled_logits, axis=1) - true_logit)
 
 
-#: the most logits one tile of the full softmax holds at once (``[rows, tile]`` float32): the
-#: vocabulary is scanned tile by tile, so evaluation's memory does not grow with it
-TILE_LOGITS = 2**26
-
-
 def full_softmax_loss(
     weights: Array,
     biases: Array,
@@ -89,38 +85,48 @@ def full_softmax_loss(
     *,
     n_classes: int | None = None,
     mesh: Mesh | None = None,
+    tile_logits: int = Numerics.tile_logits,
 ) -> Array:
     """Per-row cross-entropy over the whole vocabulary: ``[N, P]``, ``[N]`` -> ``[N]``.
 
     ``weights [V, P]`` and ``biases [V]`` may hold padding rows past ``n_classes`` (they never
     count) and may have their rows split over ``mesh``'s shard axis. A small vocabulary on one
     shard is one product; otherwise each shard scans its rows in tiles of at most
-    :data:`TILE_LOGITS` logits with a running log-sum-exp, and the shards' partial sums are combined
+    ``tile_logits`` logits (``[rows, tile]`` float32; evaluation's memory does not grow with the
+    vocabulary) with a running log-sum-exp, and the shards' partial sums are combined
     (:func:`elmojax.parallel.vocab_sharded`): neither the logits nor the weights are ever whole.
     """
     n_classes = weights.shape[0] if n_classes is None else n_classes
-    if row_shards(mesh) == 1 and weights.shape[0] == n_classes and inputs.shape[0] * n_classes <= TILE_LOGITS:
+    if row_shards(mesh) == 1 and weights.shape[0] == n_classes and inputs.shape[0] * n_classes <= tile_logits:
         logits = dot.nt(inputs, weights) + biases
         true_logit = jnp.take_along_axis(logits, labels.astype(jnp.int32)[:, None], axis=1)[:, 0]
         return jax.nn.logsumexp(logits, axis=1) - true_logit
-    per_shard = functools.partial(_block_logsumexp, n_classes=n_classes, dot=dot)
+    per_shard = functools.partial(_block_logsumexp, n_classes=n_classes, dot=dot, tile_logits=tile_logits)
     lse, true_logit = vocab_sharded(per_shard, weights, biases, inputs, labels.astype(jnp.int32), mesh)
     return lse - true_logit
 
 
-def _tile_rows(n_inputs: int, n_rows: int) -> int:
-    """Vocabulary rows per tile: a power of two (at least 128) whose logits fit :data:`TILE_LOGITS`."""
-    budget = max(TILE_LOGITS // max(n_inputs, 1), 128)
+def _tile_rows(n_inputs: int, n_rows: int, tile_logits: int) -> int:
+    """Vocabulary rows per tile: a power of two (at least 128) whose logits fit ``tile_logits``."""
+    budget = max(tile_logits // max(n_inputs, 1), 128)
     return min(n_rows, 1 << (budget.bit_length() - 1))
 
 
 def _block_logsumexp(
-    w: Array, b: Array, x: Array, labels: Array, first_row: Array | int, *, n_classes: int, dot: Dot
+    w: Array,
+    b: Array,
+    x: Array,
+    labels: Array,
+    first_row: Array | int,
+    *,
+    n_classes: int,
+    dot: Dot,
+    tile_logits: int,
 ) -> tuple[Array, Array]:
     """One shard's part: ``(log-sum-exp [M], true logit [M])`` of ``x [M, P]`` over the rows ``w
     [V_s, P]`` (ids ``first_row ..``; padding past ``n_classes`` excluded), -inf / 0 where none."""
     n_rows = w.shape[0]
-    tile = _tile_rows(x.shape[0], n_rows)
+    tile = _tile_rows(x.shape[0], n_rows, tile_logits)
     xc = dot.cast(x)  # cast once, not per tile
 
     def tile_logits(t):

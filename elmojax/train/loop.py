@@ -58,8 +58,6 @@ from elmojax.train.step import StepConfig, jit_train_step
 MAX_BAD_STEPS = 10
 #: steps between the stop-flag agreements of processes without JAX's preemption service
 AGREE_EVERY = 10
-#: steps whose host arrays are prepared ahead of the device (see elmojax.data.prefetch)
-PREFETCH_STEPS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +68,9 @@ class TrainConfig:
     default); ``sparse`` updates the softmax on the rows a step touches only, exact for some
     optimisers only (:mod:`elmojax.train.optim`). ``softmax_shards`` splits the softmax (and a
     word-level token embedding) over that many devices (default: one slice or host's devices; 1:
-    replicated on every device; see :mod:`elmojax.parallel`).
+    replicated on every device; see :mod:`elmojax.parallel`). ``sparse_fraction``: see
+    :class:`~elmojax.train.step.StepConfig`; ``prefetch_steps``: steps whose host arrays are
+    prepared ahead of the device (:mod:`elmojax.data.prefetch`).
     """
 
     save_dir: str
@@ -87,6 +87,8 @@ class TrainConfig:
     numerics: Numerics = Numerics()  # e.g. Numerics(compute_dtype="bfloat16")
     optimizer: str = "adagrad"
     sparse: bool = True
+    sparse_fraction: float = 0.25
+    prefetch_steps: int = 2
     softmax_shards: int | None = None
     # held-out perplexity while training (elmojax.train.heldout); eval_every defaults to checkpoint_every
     heldout_prefix: str | None = None
@@ -121,6 +123,7 @@ def train(
             mesh=par.mesh,
             sparse=config.sparse,
             optimizer=config.optimizer,
+            sparse_fraction=config.sparse_fraction,
         )
         stream = training_stream(options, config, vocab, par)
         ckpt = Checkpointer(save_dir, every=config.checkpoint_every, keep=config.keep_checkpoints)
@@ -391,7 +394,7 @@ def run_steps(
         bar,
         Preemption() as preempt,
         open_writers(ckpt.save_dir, primary=primary) as writers,
-        Prefetcher(producer, depth=PREFETCH_STEPS, name="elmojax-train-batches") as batches,
+        Prefetcher(producer, depth=config.prefetch_steps, name="elmojax-train-batches") as batches,
     ):
         for step in range(start + 1, last_step + 1):
             batch, next_position = next(batches)

@@ -84,21 +84,28 @@ def pad_distinct(uniq: jax.Array) -> jax.Array:
 
 
 def sparse_view(
-    params: dict, batch: StepBatch, n_vocab: int, *, softmax: bool, embedding: bool, mesh: Mesh | None = None
+    params: dict,
+    batch: StepBatch,
+    n_vocab: int,
+    *,
+    softmax: bool,
+    embedding: bool,
+    mesh: Mesh | None = None,
+    fraction: float = 0.25,
 ) -> tuple[SparseView, dict, StepBatch]:
     """The rows of the sparse parameters a step touches, and the batch re-indexed into them.
 
     ``softmax``/``embedding`` say which parameters may be sparse. The softmax's rows are the
     distinct targets and sampled ids of both directions (``R = 2 B T + 2 S``, padded with the
     out-of-range :data:`PAD_ID`); a word-level embedding's are the distinct entries of the token
-    table. Where ``R`` is not small against the vocabulary (:data:`SPARSE_FRACTION`) the parameter
+    table. Where ``R`` is not small against the vocabulary (more than ``fraction`` of it) the parameter
     stays dense. Rows split over ``mesh``'s shard axis are gathered from their owners
     (:func:`elmojax.parallel.take_rows`). ``-> (view, view params, view batch)``.
     """
     rows: dict[tuple, jax.Array] = {}
     softmax_rows = None
     n_ids = batch.targets.size + (batch.sampled.size if batch.sampled is not None else 0)
-    if softmax and batch.sampled is not None and n_ids <= SPARSE_FRACTION * n_vocab:
+    if softmax and batch.sampled is not None and n_ids <= fraction * n_vocab:
         ids = jnp.concatenate([batch.targets.reshape(-1), batch.sampled.reshape(-1)])
         uniq, inverse = jnp.unique(ids, size=ids.size, fill_value=PAD_ID, return_inverse=True)
         inverse = inverse.reshape(-1)
@@ -107,7 +114,7 @@ def sparse_view(
             sampled=inverse[batch.targets.size :].reshape(batch.sampled.shape),
         )
         rows[SOFTMAX_W] = rows[SOFTMAX_B] = pad_distinct(uniq)
-    use_embedding = embedding and batch.table.size <= SPARSE_FRACTION * n_vocab
+    use_embedding = embedding and batch.table.size <= fraction * n_vocab
     if use_embedding:
         table = batch.table
         uniq, inverse = jnp.unique(table, size=table.size, fill_value=PAD_ID, return_inverse=True)

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from elmojax import parallel
 from elmojax.data.batches import StepBatch
+from elmojax.errors import OptionsError
 from elmojax.model.bilm import BiLM, LSTMState
 from elmojax.model.numerics import Numerics
 from elmojax.model.softmax import full_softmax_loss, sampled_softmax_loss
@@ -35,7 +36,9 @@ class StepConfig:
     one of :data:`elmojax.train.optim.OPTIMIZERS`. ``sparse`` (the default) updates the softmax and
     a word-level token embedding only on the rows a step touches, which is exact for some
     optimisers only (a sparse config with another is refused); ``False`` is the plain dense update,
-    kept as the reference the sparse one is tested against.
+    kept as the reference the sparse one is tested against. ``sparse_fraction``: a step's distinct
+    rows above this share of the table update it densely instead (the sparse gather/scatter then
+    costs more than it saves).
     """
 
     options: ElmoOptions
@@ -44,8 +47,11 @@ class StepConfig:
     mesh: Mesh | None = None
     sparse: bool = True
     optimizer: str = "adagrad"
+    sparse_fraction: float = 0.25
 
     def __post_init__(self):
+        if not 0 <= self.sparse_fraction <= 1:
+            raise OptionsError(f"`sparse_fraction` must be between 0 and 1, not {self.sparse_fraction}")
         get_optimizer(self.optimizer)
         if self.sparse:
             check_row_sparse(self.optimizer)
@@ -92,6 +98,7 @@ class StepConfig:
             softmax=self.sparse_softmax,
             embedding=self.sparse_embedding,
             mesh=self.mesh,
+            fraction=self.sparse_fraction,
         )
 
 
@@ -166,7 +173,16 @@ def losses(
                 n_classes=config.n_vocab,
             )
         else:
-            per_token = full_softmax_loss(w, b, flat, labels, dot, n_classes=config.n_vocab, mesh=mesh)
+            per_token = full_softmax_loss(
+                w,
+                b,
+                flat,
+                labels,
+                dot,
+                n_classes=config.n_vocab,
+                mesh=mesh,
+                tile_logits=config.numerics.tile_logits,
+            )
         m = masks[d].reshape(-1)
         sums.append(jnp.sum(jnp.where(m, per_token, 0.0)))
         counts.append(jnp.sum(m))

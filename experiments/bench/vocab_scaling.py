@@ -32,7 +32,6 @@ from elmojax.data.vocab import Vocabulary
 from elmojax.options import load_options
 from elmojax.parallel import DataParallel
 from elmojax.runtime import retain_freed_memory
-from elmojax.train.sparse import SPARSE_FRACTION
 from elmojax.train.state import init_state
 from elmojax.train.step import StepConfig, jit_train_step
 
@@ -58,7 +57,7 @@ def setup(options, corpus: Path, vocab_file: Path, sparse: bool, steps: int):
         state, _ = jit_train_step(state, b, config)
     jax.block_until_ready(state)
     n_ids = batches[0].targets.size + batches[0].sampled.size
-    update = "sparse" if config.sparse_softmax and n_ids <= SPARSE_FRACTION * len(vocab) else "dense"
+    update = "sparse" if config.sparse_softmax and n_ids <= config.sparse_fraction * len(vocab) else "dense"
     tokens = par.global_rows * t.unroll_steps
     return {"config": config, "state": state, "batches": batches, "tokens": tokens, "update": update}
 

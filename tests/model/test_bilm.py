@@ -222,24 +222,22 @@ def test_export_options_name_both_clips(tiny_options):
     assert exported["cell_clip"] is None and exported["proj_clip"] is None
 
 
-def test_large_tables_are_convolved_in_blocks_with_the_same_result(tiny_options, tiny_params, monkeypatch):
+def test_large_tables_are_convolved_in_blocks_with_the_same_result(tiny_options, tiny_params):
     """An accelerator's fixed table is convolved in blocks of tokens (bounding the CNN's temporaries):
     the same token vectors and gradients as one convolution over the whole table."""
     from elmojax.data.chars import trim_char_ids
-    from elmojax.model import bilm
 
     ids = Batcher().batch_sentences([[f"w{i}" * (1 + i % 5) for i in range(38)]])[0]  # 40 tokens
     ids = trim_char_ids(ids, tiny_options.char_cnn.max_width)
-    model = BiLM(tiny_options, Numerics(precision="highest"))
 
-    def vectors_and_grads(params):  # traced anew by each jax.jit below
+    def vectors_and_grads(params, conv_tokens):
+        model = BiLM(tiny_options, Numerics(precision="highest", conv_tokens=conv_tokens))
         vectors = model.apply(params, ids, method=BiLM.embed_tokens)
         return vectors, jax.grad(lambda p: jnp.sum(model.apply(p, ids, method=BiLM.embed_tokens) ** 2))(
             params
         )
 
-    whole = jax.jit(vectors_and_grads)(tiny_params)
-    monkeypatch.setattr(bilm, "CONV_TOKENS", 8)  # 5 blocks of 8
-    blocked = jax.jit(vectors_and_grads)(tiny_params)
+    whole = jax.jit(vectors_and_grads, static_argnums=1)(tiny_params, 2048)
+    blocked = jax.jit(vectors_and_grads, static_argnums=1)(tiny_params, 8)  # 5 blocks of 8
     for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(blocked), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)

@@ -18,8 +18,8 @@ from elmojax.data.chars import Batcher
 from elmojax.data.negatives import sample_negatives
 from elmojax.data.streams import BidirectionalStream
 from elmojax.data.vocab import Vocabulary
-from elmojax.model import bilm
 from elmojax.model.bilm import zero_state
+from elmojax.model.numerics import Numerics
 from elmojax.model.start_state import rows_state
 from elmojax.options import options_from_dict
 from elmojax.parallel import DataParallel
@@ -51,11 +51,10 @@ def main(tmp: Path) -> None:
     # plain data parallelism (the softmax on every device): no device receives another's
     # activations or token vectors, in training or in evaluation, also with the character CNN
     # over its table in blocks (as over an accelerator's fixed table)
-    bilm.CONV_TOKENS = 16
     vocab = Vocabulary.from_file(vocab_file)
     par = DataParallel(options.training.batch_size, devices, softmax_shards=1)
     options = options.replace(n_tokens_vocab=len(vocab))
-    step_config = StepConfig(options, len(vocab), mesh=par.mesh)
+    step_config = StepConfig(options, len(vocab), mesh=par.mesh, numerics=Numerics(conv_tokens=16))
     t = options.training
     stream = BidirectionalStream(
         train_glob, vocab, par.local_rows, t.unroll_steps, Batcher(50, vocab), seed=0

@@ -20,7 +20,7 @@ from elmojax.data.streams import BidirectionalStream
 from elmojax.data.vocab import Vocabulary
 from elmojax.errors import ElmoError
 from elmojax.export import export_run
-from elmojax.model import softmax
+from elmojax.model.numerics import Numerics
 from elmojax.model.weights import load_weights
 from elmojax.options import load_options, options_from_dict
 from elmojax.parallel import DataParallel, is_vocab_leaf, path_name
@@ -61,10 +61,14 @@ def valid_rows(tree, n_vocab: int):
     return jax.tree_util.tree_leaves(jax.tree_util.tree_map_with_path(trim, tree))
 
 
+#: a step's 48 rows a direction: the full softmax scans several tiles of the vocabulary
+TILED = Numerics(tile_logits=48 * 128)
+
+
 def run(options, vocab, train_glob, shards: int, n_steps: int, sparse: bool = True):
     """``n_steps`` train steps on all devices with the softmax split ``shards`` ways."""
     par = DataParallel(options.training.batch_size, jax.devices(), softmax_shards=shards)
-    config = StepConfig(options, len(vocab), mesh=par.mesh, sparse=sparse)
+    config = StepConfig(options, len(vocab), mesh=par.mesh, sparse=sparse, numerics=TILED)
     batcher = Batcher(50, vocab) if options.char_cnn else None
     stream = BidirectionalStream(train_glob, vocab, par.local_rows, 6, batcher, seed=0)
     state = par.put_state(init_state(config, par.global_rows, jax.random.PRNGKey(3)))
@@ -80,7 +84,7 @@ def run(options, vocab, train_glob, shards: int, n_steps: int, sparse: bool = Tr
 def eval_full_softmax(options, vocab, train_glob, shards: int) -> np.ndarray:
     """Full-softmax loss sums of one batch from a fresh state, the softmax split ``shards`` ways."""
     par = DataParallel(options.training.batch_size, jax.devices(), softmax_shards=shards)
-    config = StepConfig(options, len(vocab), mesh=par.mesh)
+    config = StepConfig(options, len(vocab), mesh=par.mesh, numerics=TILED)
     batcher = Batcher(50, vocab) if options.char_cnn else None
     windows = next(BidirectionalStream(train_glob, vocab, par.local_rows, 6, batcher, seed=1))
     state = par.put_state(init_state(config, par.global_rows, jax.random.PRNGKey(0)))
@@ -93,7 +97,6 @@ def check_equality(tmp: Path) -> None:
     """8 shards and 2 x 4 equal the replicated softmax to 1e-6 over 3 steps, for the character and
     the word-level model, sparse (the default) and dense updates; and so does the full softmax of
     evaluation, scanned in tiles of 128 rows."""
-    softmax.TILE_LOGITS = 48 * 128  # a step's 48 rows a direction: several tiles of the vocabulary
     train_glob, vocab_file = corpus(tmp, rare=1000)
     vocab = Vocabulary.from_file(vocab_file)
     for word_level in (False, True):
