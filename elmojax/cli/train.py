@@ -71,6 +71,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the checkpoint of the lowest held-out perplexity in SAVE_DIR/best, out of the rotation",
     )
+    flags.flag(
+        p,
+        "--profile-steps",
+        default=None,
+        metavar="A:B",
+        help="write a jax.profiler trace of steps A to B into SAVE_DIR/profile (TensorBoard's profile "
+        "plugin and ui.perfetto.dev open it)",
+    )
     flags.add_softmax_shards(p)
     flags.add_distributed(p)
     flags.add_progress(p)
@@ -82,6 +90,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     flags.start_distributed(args)
     from elmojax.train import TrainConfig, options_with_overrides, train
+    from elmojax.train.profiler import parse_steps
 
     for name in (
         "max_steps",
@@ -93,6 +102,7 @@ def run(args: argparse.Namespace) -> None:
     ):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ElmoError(f"`{name}` must be >= 1")
+    profile_steps = parse_steps(args.profile_steps) if args.profile_steps is not None else None
     options = options_with_overrides(args.options_file, batch_size=args.batch_size, n_epochs=args.n_epochs)
     config = TrainConfig(
         save_dir=args.save_dir,
@@ -111,6 +121,7 @@ def run(args: argparse.Namespace) -> None:
         eval_every=args.eval_every,
         heldout_tokens=args.heldout_tokens,
         keep_best=args.keep_best,
+        profile_steps=profile_steps,
     )
     last = train(options, config)
     print(json.dumps(last))

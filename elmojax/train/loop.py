@@ -50,6 +50,7 @@ from elmojax.train.checkpoints import (
 from elmojax.train.heldout import HeldOut
 from elmojax.train.heldout import check_settings as check_heldout_settings
 from elmojax.train.metrics import Meter, clear_run_metrics, open_writers, truncate_run_metrics
+from elmojax.train.profiler import Profiler
 from elmojax.train.runlock import RunLock
 from elmojax.train.state import TrainState, init_state
 from elmojax.train.step import StepConfig, jit_train_step
@@ -95,6 +96,8 @@ class TrainConfig:
     eval_every: int | None = None
     heldout_tokens: int | None = None
     keep_best: bool = False
+    # a jax.profiler trace of steps A..B into SAVE_DIR/profile (elmojax.train.profiler)
+    profile_steps: tuple[int, int] | None = None
 
 
 def train(
@@ -393,10 +396,13 @@ def run_steps(
     with (
         bar,
         Preemption() as preempt,
-        open_writers(ckpt.save_dir, primary=primary) as writers,
+        # resumed: TensorBoard hides what the earlier session logged after the checkpoint
+        open_writers(ckpt.save_dir, primary=primary, purge_step=start + 1 if start else None) as writers,
         Prefetcher(producer, depth=config.prefetch_steps, name="elmojax-train-batches") as batches,
+        Profiler(ckpt.save_dir, config.profile_steps, primary=primary) as profiler,
     ):
         for step in range(start + 1, last_step + 1):
+            profiler.before_step(step)
             batch, next_position = next(batches)
             if not producer.place_ahead:
                 batch = par.place(batch)
@@ -407,10 +413,12 @@ def run_steps(
                 state, metrics = jax.block_until_ready(jit_train_step(state, batch, step_config))
                 meter.compile_s += time.time() - t_compile
                 compiled.add(batch.table.shape)
+            profiler.after_step(step, (state, metrics))
             position = next_position
-            meter.step_done()
-            if step % config.log_every == 0 or step == last_step or step == start + 1:
-                last = meter.record(step, jax.device_get(metrics))
+            meter.step_done(metrics, state.bad_steps)  # summed on the device, read when logged
+            interval_end = step % config.log_every == 0 or step == last_step
+            if interval_end or step == start + 1:
+                last = meter.record(step, restart=interval_end)
                 writers.write(last)
                 bar.set_postfix(ppl=f"{last['train_perplexity']:.1f}", tok_s=f"{last['tokens_per_s']:.0f}")
                 if on_step is not None:

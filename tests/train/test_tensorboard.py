@@ -24,14 +24,27 @@ def config(save_dir, corpus, **kw):
     )
 
 
-def scalars(run) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of the run's events as TensorBoard loads them; its purging of steps a restart
-    logged again is off, so a duplicate on disk shows here."""
+def scalars(run, purge: bool = True) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the run's events as TensorBoard loads them: with ``purge`` (TensorBoard's
+    default) a resumed run's ``SessionLog.START`` hides the steps the earlier session logged from
+    its step on; without it every event on disk shows."""
     events = EventAccumulator(
-        str(run / tensorboard.TENSORBOARD_DIR), size_guidance={"scalars": 0}, purge_orphaned_data=False
+        str(run / tensorboard.TENSORBOARD_DIR), size_guidance={"scalars": 0}, purge_orphaned_data=purge
     )
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def session_starts(run) -> list[int]:
+    """The steps of the purge records (``SessionLog.START``) in the run's event files, file by file."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    starts = []
+    for path in sorted((run / tensorboard.TENSORBOARD_DIR).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                starts.append(event.step)
+    return starts
 
 
 def test_events_equal_metrics_jsonl_across_a_resume_and_hold_evaluate(tmp_path, corpus, train_options):
@@ -43,6 +56,10 @@ def test_events_equal_metrics_jsonl_across_a_resume_and_hold_evaluate(tmp_path, 
 
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 3, 5, 6, 8]  # 6 and 8 of the first session dropped
+    # the files keep both sessions' steps 6 and 8; the resumed writer's purge record at step 5
+    # (tensorboardX's purge_step) is what hides the first session's
+    assert session_starts(run) == [5]
+    assert [s for s, _ in scalars(run, purge=False)["train/grad_norm"]] == [1, 3, 6, 8, 5, 6, 8]
     logged = scalars(run)
     keys = [k for k in records[0] if k != "step"]
     assert sorted(logged) == sorted(f"train/{k}" for k in keys)
@@ -80,8 +97,8 @@ def test_only_the_primary_process_writes_and_mfu_needs_a_known_peak(tmp_path):
     cpu = Meter(0, tokens_per_step=100, flops_per_token=1e9, learning_rate=0.2)
     chip = Meter(0, tokens_per_step=100, flops_per_token=1e9, learning_rate=0.2, peak_tflops=2.0)
     for meter in (cpu, chip):
-        meter.step_done()
-    assert "mfu" not in cpu.record(1, metrics)
-    record = chip.record(1, metrics)
+        meter.step_done(metrics)
+    assert "mfu" not in cpu.record(1)
+    record = chip.record(1)
     assert record["mfu"] == pytest.approx(record["model_tflops_per_s"] / 2.0)
     assert record["train_perplexity"] == pytest.approx(np.exp(2.0)) and record["tokens"] == 100
