@@ -143,7 +143,7 @@ def _accumulate(sums: dict | None, metrics: dict, bad_steps: jax.Array) -> dict:
     """``sums`` with one more step's metrics added (a fresh interval when ``sums`` is None).
 
     A step is finite when the state's consecutive bad-step count is 0 after it; a non-finite one
-    adds to ``steps`` and ``bad_steps`` only, so its NaN does not reach the means.
+    adds to ``interval_steps`` and ``bad_steps`` only, so its NaN does not reach the means.
     """
     finite = bad_steps == 0
     step = {k: jnp.where(finite, metrics[k], 0.0).astype(jnp.float32) for k in MEAN_KEYS}
@@ -163,8 +163,7 @@ class Meter:
     (``_accumulate``, dispatched without waiting), so the loop syncs only when it logs. A record
     holds the means over the finite steps of the interval (:data:`MEAN_KEYS`; ``train_perplexity``
     is ``exp`` of the mean loss), ``grad_norm_max``, the interval's ``interval_steps`` and
-    ``bad_steps`` (non-finite ones),
-    and ``tokens_per_s`` over the wall time since the previous record.
+    ``bad_steps`` (non-finite ones), and ``tokens_per_s`` over the wall time since the previous record.
 
     ``tokens_per_step`` counts tokens as bilm-tf counts ``n_train_tokens`` (rows x unroll steps);
     ``flops_per_token`` is the model's count (:mod:`elmojax.model.flops`). With ``peak_tflops``, the

@@ -50,3 +50,15 @@ def test_a_bad_window_is_one_line(text, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--profile-steps" in err and "\n" not in err
     assert parse_steps("2:2") == (2, 2) and parse_steps("10:12") == (10, 12)
+
+
+def test_the_flag_reaches_the_train_config(tmp_path, monkeypatch):
+    import elmojax.train as train_package
+
+    configs = []
+    monkeypatch.setattr(train_package, "options_with_overrides", lambda *a, **k: None)
+    monkeypatch.setattr(train_package, "train", lambda options, config: configs.append(config) or {})
+    argv = ["train", "--options-file", "o", "--train-prefix", "t", "--save-dir", str(tmp_path)]
+    assert main([*argv, "--profile_steps", "4:6", "--no-compilation-cache"]) == 0  # bilm-tf spelling too
+    assert main([*argv, "--no-compilation-cache"]) == 0
+    assert [c.profile_steps for c in configs] == [(4, 6), None]
