@@ -1,14 +1,21 @@
-"""Flags shared by several commands, each defined once; bilm-tf's underscore spellings come with them."""
+"""Flags shared by several commands, each defined once; bilm-tf's underscore spellings come with them.
+
+The knobs of a run (:data:`elmojax.config.KNOBS`) are added by :func:`add_knobs` from that one
+table and read back into their config dataclasses by :func:`config_from_args`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from typing import Any, TypeVar
 
+from elmojax.config import Knob, knobs_for
 from elmojax.errors import ElmoError
-from elmojax.model.numerics import COMPUTE_DTYPES
 from elmojax.options import START_STATES
+
+C = TypeVar("C")
 
 _ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`")
 
@@ -46,15 +53,53 @@ def add_compilation_cache(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_compute_dtype(parser: argparse.ArgumentParser) -> None:
+def add_knobs(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the flag of every row of :data:`~elmojax.config.KNOBS` that ``command`` takes."""
+    for knob in knobs_for(command):
+        _add_knob(parser, knob, command)
+
+
+def _add_knob(parser: argparse.ArgumentParser, knob: Knob, command: str) -> None:
+    if knob.kind == "progress":
+        add_progress(parser)
+        return
+    if knob.kind == "switch":
+        parser.add_argument(knob.option, action="store_true", help=knob.help)
+        return
+    if knob.kind == "toggle":
+        parser.add_argument(
+            knob.option, action=argparse.BooleanOptionalAction, default=knob.default(command), help=knob.help
+        )
+        return
+    if command in knob.required:
+        flag(parser, knob.option, required=True, metavar=knob.metavar, help=knob.help)
+        return
+    default = knob.default(command)
+    shown = f" (default {default})" if default is not None and knob.parse is None else ""
     flag(
         parser,
-        "--compute-dtype",
-        choices=COMPUTE_DTYPES,
-        default="float32",
-        help="dtype of matmuls and convolutions (bfloat16: mixed precision for GPUs/TPUs; parameters, "
-        "LSTM cell states and the loss stay float32; default float32)",
+        knob.option,
+        type=knob.type if knob.parse is None else str,
+        choices=knob.choices,
+        default=default,
+        metavar=knob.metavar,
+        help=knob.help + shown,
     )
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, command: str, **given: Any) -> C:
+    """A ``cls`` (a dataclass of :data:`~elmojax.config.CONFIGS`) from the flags ``command`` took,
+    with ``given`` fields on top; validated by the dataclass, its errors name the flags."""
+    values: dict[str, Any] = {}
+    for knob in knobs_for(command):
+        if knob.owner is not cls or knob.name in given:
+            continue
+        if knob.kind == "progress":
+            values[knob.name] = show_progress(args)
+            continue
+        value = getattr(args, knob.name)
+        values[knob.name] = knob.parse(value) if knob.parse is not None and value is not None else value
+    return cls(**values, **given)
 
 
 def add_distributed(parser: argparse.ArgumentParser, what: str = "") -> None:
@@ -112,19 +157,6 @@ def start_distributed(args: argparse.Namespace) -> None:
         args.num_processes,
         args.process_id,
         **{name: getattr(args, name) for name in timeouts if getattr(args, name) is not None},
-    )
-
-
-def add_softmax_shards(
-    parser: argparse.ArgumentParser, default_help: str = "the devices of one TPU slice or one host"
-) -> None:
-    flag(
-        parser,
-        "--softmax-shards",
-        type=int,
-        default=None,
-        help="split the softmax (and a word model's token embedding) over this many devices "
-        f"(default: {default_help}; 1: the whole softmax on every device)",
     )
 
 
