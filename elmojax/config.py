@@ -3,8 +3,8 @@
 :class:`TrainConfig` (``train``), :class:`~elmojax.model.numerics.Numerics` (how the model computes,
 for every command that runs it) and :class:`EmbedConfig` (``embed`` and ``probe``) hold every
 setting of a run that is not part of ``options.json``. Each is checked in ``__post_init__``: a bad
-value is one :class:`~elmojax.errors.ElmoError` line naming the field as `` `field` ``, which the
-command line shows as its flag.
+value is one :class:`~elmojax.errors.ElmoError` line naming the field, which the command line
+shows as its flag.
 
 :data:`KNOBS` is the one table of these fields: each row names the field, the commands whose flag
 sets it, its type or choices and what it does; the default is the dataclass's. The command line
@@ -26,7 +26,8 @@ from typing import Any
 from elmojax.errors import ElmoError
 from elmojax.model.numerics import COMPUTE_DTYPES, Numerics
 
-__all__ = ["CONFIGS", "EmbedConfig", "KNOBS", "Knob", "Numerics", "TrainConfig", "markdown"]
+# Numerics is re-exported from elmojax.model.numerics (documented there)
+__all__ = ["CONFIGS", "EmbedConfig", "KNOBS", "Knob", "TrainConfig", "knobs_for", "markdown"]
 
 #: float32 matmul precisions (``--precision``; none given: the backend's default, TF32 on recent GPUs)
 PRECISIONS = ("default", "high", "highest")

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any, TypeVar
+from typing import Any
 
 from elmojax.config import Knob, knobs_for
 from elmojax.errors import ElmoError
 from elmojax.options import START_STATES
-
-C = TypeVar("C")
 
 _ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`")
 
@@ -87,7 +85,7 @@ def _add_knob(parser: argparse.ArgumentParser, knob: Knob, command: str) -> None
     )
 
 
-def config_from_args(cls: type[C], args: argparse.Namespace, command: str, **given: Any) -> C:
+def config_from_args(cls: type, args: argparse.Namespace, command: str, **given: Any) -> Any:
     """A ``cls`` (a dataclass of :data:`~elmojax.config.CONFIGS`) from the flags ``command`` took,
     with ``given`` fields on top; validated by the dataclass, its errors name the flags."""
     values: dict[str, Any] = {}

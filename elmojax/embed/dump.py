@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DATASET_OVERHEAD = 4096
 
 #: the default of :func:`embed_file`'s ``chunk_batches``
-#: (:attr:`elmojax.config.EmbedConfig.chunk_batches`, ``--chunk-batches``)
+#: (``chunk_batches`` of :class:`elmojax.config.EmbedConfig`, ``--chunk-batches``)
 CHUNK_BATCHES = 64
 
 

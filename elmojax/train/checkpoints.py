@@ -242,7 +242,7 @@ def restore_latest(
     (every read must succeed). A damaged step (corrupt or missing data) is skipped with a warning
     for the one before it and moved aside (not deleted; by process 0 only), so that training can
     write that step again. A read that fails without damage (storage not answering) is retried once
-    after ``retry_after_s`` seconds (:attr:`~elmojax.config.TrainConfig.restore_retry_s`), then
+    after ``retry_after_s`` seconds (``restore_retry_s`` of :class:`~elmojax.config.TrainConfig`), then
     stops the run in one line: it never rolls the run back. One that reads but does not fit
     this run's shapes is an error (for another global batch, naming the per-device batch size of
     this run's ``n_devices`` that would fit); one written on another number of shards is restored

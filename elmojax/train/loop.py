@@ -273,7 +273,7 @@ class Preemption:
     (``multihost_utils.reached_preemption_sync_point``), whichever process got the signal. SIGINT is
     passed on to that notifier as a SIGTERM (its check costs under a microsecond a step). Without
     JAX's preemption service, the processes agree on their flags with a small collective every
-    ``agree_every`` steps instead (:attr:`TrainConfig.agree_every`).
+    ``agree_every`` steps instead (``agree_every`` of :class:`~elmojax.config.TrainConfig`).
     """
 
     def __init__(self, agree_every: int = AGREE_EVERY):
