@@ -27,7 +27,9 @@ from elmojax.errors import ElmoError
 from elmojax.model.numerics import COMPUTE_DTYPES, Numerics
 
 # Numerics is re-exported from elmojax.model.numerics (documented there)
-__all__ = ["CONFIGS", "EmbedConfig", "KNOBS", "Knob", "TrainConfig", "knobs_for", "markdown"]
+__all__ = [
+    "CONFIGS", "DistributedConfig", "EmbedConfig", "KNOBS", "Knob", "TrainConfig", "knobs_for", "markdown"
+]  # fmt: skip
 
 #: float32 matmul precisions (``--precision``; none given: the backend's default, TF32 on recent GPUs)
 PRECISIONS = ("default", "high", "highest")
@@ -133,8 +135,36 @@ class EmbedConfig:
         _check_counts(self, ("batch_size", "chunk_batches"))
 
 
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Several processes (``train``, ``evaluate``, ``embed``): ``distributed`` calls
+    ``jax.distributed.initialize`` (:func:`elmojax.parallel.initialize`) with the rest, before
+    anything touches JAX's devices. ``coordinator_address``, ``num_processes`` and ``process_id``
+    None: JAX detects the cluster (TPU pods, SLURM) or reads ``JAX_COORDINATOR_ADDRESS``. The
+    timeouts are seconds (see docs/training.md).
+    """
+
+    distributed: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    heartbeat_timeout: int = 60
+    initialization_timeout: int = 300
+    shutdown_timeout: int = 60
+
+    def __post_init__(self):
+        for name in ("heartbeat_timeout", "initialization_timeout", "shutdown_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ElmoError(f"`{name}` must be >= 1 (seconds)")
+        if not self.distributed:
+            given = [f.name for f in dataclasses.fields(self)[1:] if getattr(self, f.name) != f.default]
+            if given:
+                raise ElmoError(f"`{given[0]}` needs `distributed`")
+
+
 #: the run config dataclasses; every field of each is a row of :data:`KNOBS` (nested configs aside)
-CONFIGS: tuple[type, ...] = (TrainConfig, Numerics, EmbedConfig)
+CONFIGS: tuple[type, ...] = (TrainConfig, Numerics, EmbedConfig, DistributedConfig)
 #: the commands that run the model, and so take the :class:`Numerics` flags
 MODEL_COMMANDS = ("train", "evaluate", "embed", "probe", "compile-check")
 #: commands that compute the softmax (the full one is scanned in tiles)
@@ -161,7 +191,7 @@ class Knob:
     ``parse`` from the text), ``switch`` (``--name`` sets True), ``toggle`` (``--name`` /
     ``--no-name``), ``progress`` (``--progress`` / ``--no-progress``; neither: only on a terminal).
     ``defaults`` overrides the dataclass default for some commands; ``required`` lists the commands
-    where the flag must be given.
+    where the flag must be given; ``notes`` adds a command's own words to its ``--help``.
     """
 
     field: str
@@ -175,6 +205,7 @@ class Knob:
     defaults: dict[str, Any] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     flag: bool = True
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def owner(self) -> type:
@@ -199,7 +230,9 @@ class Knob:
         return f.default if f.default is not dataclasses.MISSING else None
 
 
-_T, _N, _E = "TrainConfig.", "Numerics.", "EmbedConfig."
+_T, _N, _E, _D = "TrainConfig.", "Numerics.", "EmbedConfig.", "DistributedConfig."
+#: the commands that can run as several processes
+DISTRIBUTED_COMMANDS = ("train", "evaluate", "embed")
 
 #: every knob of a run: the one table the flags of ``train``, ``evaluate``, ``embed``, ``probe`` and
 #: ``compile-check`` and the CLI reference's table of knobs are derived from
@@ -289,6 +322,28 @@ KNOBS: tuple[Knob, ...] = (
     Knob(_E + "chunk_batches", ("embed",),
          "batches read and embedded at a time (host memory stays constant on any input)",
          type=int, metavar="N"),
+    # several processes
+    Knob(_D + "distributed", DISTRIBUTED_COMMANDS,
+         "call jax.distributed.initialize() first (several hosts; see docs/accelerators.md)",
+         kind="switch", notes={
+             "evaluate": "every process runs alike, process 0 prints",
+             "embed": "each process embeds a contiguous block of lines into OUTPUT's part file "
+                      "(emb.h5 -> emb.part-00000-of-00002.h5); process 0 writes the index emb.index.json",
+         }),
+    Knob(_D + "coordinator_address", DISTRIBUTED_COMMANDS, "with --distributed: host:port of process 0",
+         metavar="HOST:PORT"),
+    Knob(_D + "num_processes", DISTRIBUTED_COMMANDS, "with --distributed: number of processes",
+         type=int, metavar="N"),
+    Knob(_D + "process_id", DISTRIBUTED_COMMANDS, "with --distributed: this process's index",
+         type=int, metavar="I"),
+    Knob(_D + "heartbeat_timeout", DISTRIBUTED_COMMANDS,
+         "with --distributed: seconds without a heartbeat after which a process counts as gone "
+         "(see docs/training.md)", type=int, metavar="S"),
+    Knob(_D + "initialization_timeout", DISTRIBUTED_COMMANDS,
+         "with --distributed: seconds to wait for every process to start", type=int, metavar="S"),
+    Knob(_D + "shutdown_timeout", DISTRIBUTED_COMMANDS,
+         "with --distributed: seconds a finished process waits for the others at exit",
+         type=int, metavar="S"),
 )  # fmt: skip
 
 

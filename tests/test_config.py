@@ -18,6 +18,7 @@ from elmojax.config import (
     KERNEL_NAMES,
     KNOBS,
     OPTIMIZER_NAMES,
+    DistributedConfig,
     EmbedConfig,
     Numerics,
     TrainConfig,
@@ -38,9 +39,9 @@ REQUIRED = {
 }  # fmt: skip
 #: the config each command builds from its flags (compile-check and evaluate: Numerics only)
 BUILT = {
-    "train": (TrainConfig, Numerics),
-    "evaluate": (Numerics,),
-    "embed": (EmbedConfig, Numerics),
+    "train": (TrainConfig, Numerics, DistributedConfig),
+    "evaluate": (Numerics, DistributedConfig),
+    "embed": (EmbedConfig, Numerics, DistributedConfig),
     "probe": (EmbedConfig, Numerics),
     "compile-check": (Numerics,),
 }
@@ -122,7 +123,8 @@ def _other_value(knob, command: str) -> tuple[list[str], object]:
         return [], None
     value = {int: (default or 1) + 2, float: 0.5, str: "x/y*"}[knob.type]
     # bilm-tf's underscore spelling, as every knob has it
-    return [knob.option.replace("-", "_").replace("__", "--"), str(value)], value
+    argv = [knob.option.replace("-", "_").replace("__", "--"), str(value)]
+    return argv + (["--distributed"] if knob.owner is DistributedConfig else []), value
 
 
 @pytest.mark.parametrize("command", list(REQUIRED))
@@ -137,7 +139,7 @@ def test_each_flag_sets_its_field(command):
             assert getattr(config, knob.name) == value, (command, argv)
             others = [k for k in knobs_for(command) if k.owner is knob.owner and k is not knob]
             for k in others:  # and nothing else
-                if k.kind != "progress" and command not in k.required:
+                if k.kind != "progress" and command not in k.required and "--distributed" not in argv:
                     assert getattr(config, k.name) == k.default(command), (command, argv, k.name)
         else:  # a field the command passes on itself (softmax_shards of evaluate, compile-check)
             assert getattr(args, knob.name) == value, (command, argv)
@@ -159,6 +161,12 @@ def test_each_flag_sets_its_field(command):
         ("embed", ["--batch-size", "0"], "--batch-size must be >= 1"),
         ("probe", ["--batch-size", "-2"], "--batch-size must be >= 1"),
         ("compile-check", ["--conv-tokens", "0"], "--conv-tokens must be an integer >= 1"),
+        ("train", ["--heartbeat-timeout", "60"], "--heartbeat-timeout needs --distributed"),
+        (
+            "evaluate",
+            ["--distributed", "--shutdown-timeout", "0"],
+            "--shutdown-timeout must be >= 1 (seconds)",
+        ),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_flag_and_nothing_is_written(
@@ -213,3 +221,15 @@ def test_the_precision_flag_reaches_the_compiled_model(tiny_options, tiny_params
     assert _highest_products(embed_default, tiny_options, tiny_params) == n
     embed_default_precision = build(Numerics, parse("embed", "--precision", "default"), "embed")
     assert _highest_products(embed_default_precision, tiny_options, tiny_params) == 0
+
+
+def test_the_process_defaults_are_those_of_parallel_initialize():
+    import inspect
+
+    from elmojax.parallel import initialize
+
+    defaults = {n: p.default for n, p in inspect.signature(initialize).parameters.items()}
+    config = DistributedConfig()
+    assert {n: getattr(config, n) for n in defaults} == defaults
+    with pytest.raises(ElmoError, match="`num_processes` needs `distributed`"):
+        DistributedConfig(num_processes=2)

@@ -56,12 +56,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         default="strict",
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
-    flags.add_distributed(
-        p,
-        "each process embeds a contiguous block of lines into OUTPUT's part file "
-        "(emb.h5 -> emb.part-00000-of-00002.h5); process 0 writes the index emb.index.json",
-    )
-    flags.add_knobs(p, "embed")  # --batch-size, --chunk-batches, the Numerics flags, --progress
+    flags.add_knobs(p, "embed")  # --batch-size, --chunk-batches, the Numerics and process flags, --progress
     flags.add_compilation_cache(p)
     p.set_defaults(func=run)
 

@@ -29,9 +29,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="also score every sentence on its own from the start state, as stateless embedding sees it",
     )
     flags.add_start_state(p, "where rows and sentences start")
-    flags.add_knobs(p, "evaluate")  # --softmax-shards, the Numerics flags, --progress
+    flags.add_knobs(p, "evaluate")  # --softmax-shards, the Numerics and process flags, --progress
     flags.add_compilation_cache(p)
-    flags.add_distributed(p, "every process runs alike, process 0 prints")
     p.set_defaults(func=run)
 
 

@@ -21,8 +21,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         p, "--batch-size", type=int, default=None, help="override batch_size (per device) of the options"
     )
     flags.flag(p, "--n-epochs", type=int, default=None, help="override n_epochs of the options")
-    flags.add_knobs(p, "train")  # every TrainConfig and Numerics field (elmojax.config.KNOBS)
-    flags.add_distributed(p)
+    flags.add_knobs(p, "train")  # every TrainConfig, Numerics and DistributedConfig field (config.KNOBS)
     flags.add_compilation_cache(p)
     p.set_defaults(func=run)
 
