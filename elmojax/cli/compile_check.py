@@ -8,8 +8,8 @@ import os
 import sys
 
 from elmojax.cli import flags
+from elmojax.config import Numerics
 from elmojax.errors import ElmoError
-from elmojax.model.numerics import Numerics
 
 #: the exit status of a configuration that does not fit (2 is bad input)
 DOES_NOT_FIT = 3
@@ -38,8 +38,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     flags.flag(
         p, "--batch-size", type=int, default=None, help="rows per chip (default: the options' batch_size)"
     )
-    flags.add_softmax_shards(p, default_help="all the topology's chips (one slice)")
-    flags.add_compute_dtype(p)
+    flags.add_knobs(p, "compile-check")  # --softmax-shards and the Numerics flags
     flags.flag(
         p,
         "--steps",
@@ -51,6 +50,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    numerics = flags.config_from_args(Numerics, args, "compile-check")
     # compiling for TPUs needs no TPU: JAX itself runs on the CPU here, and libtpu is only a
     # compiler, so several checks may load it at once (it locks a TPU for one process otherwise)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         n_vocab,
         topology=args.topology,
         batch_size=options.training.batch_size,
-        numerics=Numerics(compute_dtype=args.compute_dtype),
+        numerics=numerics,
         softmax_shards=args.softmax_shards,
         steps=steps,
     )

@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 from elmojax.cli import flags
+from elmojax.config import EmbedConfig, Numerics
 from elmojax.embed.formats import OUTPUT_FORMATS
 from elmojax.errors import ElmoError
-from elmojax.model.numerics import Numerics
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +43,6 @@ def add(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="with --tokenize: this tokenizer instead of the recorded one",
     )
-    flags.flag(p, "--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     p.add_argument(
         "--stateful",
         action="store_true",
@@ -57,20 +56,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         default="strict",
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
-    flags.add_distributed(
-        p,
-        "each process embeds a contiguous block of lines into OUTPUT's part file "
-        "(emb.h5 -> emb.part-00000-of-00002.h5); process 0 writes the index emb.index.json",
-    )
-    flags.add_progress(p)
-    flags.add_compute_dtype(p)
+    flags.add_knobs(p, "embed")  # --batch-size, --chunk-batches, the Numerics and process flags, --progress
     flags.add_compilation_cache(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise ElmoError(f"`batch_size` must be >= 1, found {args.batch_size}")
+    config = flags.config_from_args(EmbedConfig, args, "embed")
+    numerics = flags.config_from_args(Numerics, args, "embed")
     if args.tokenizer and not args.tokenize:
         raise ElmoError("`tokenizer` applies to raw text: add --tokenize")
     flags.start_distributed(args)
@@ -80,10 +73,10 @@ def run(args: argparse.Namespace) -> None:
         args.options_file,
         args.weight_file,
         args.vocab_file,
-        batch_size=args.batch_size,
+        batch_size=config.batch_size,
         stateful=args.stateful,
         start_state=args.start_state,
-        numerics=Numerics(compute_dtype=args.compute_dtype, precision="highest"),
+        numerics=numerics,
         tokenizer=args.tokenizer,
     )
     if args.tokenize:
@@ -108,16 +101,21 @@ def run(args: argparse.Namespace) -> None:
                     "--tokenizer NAME if the corpus was prepared with another",
                     file=sys.stderr,
                 )
-            _embed(args, embedder, str(tokenized))
+            _embed(args, config, embedder, str(tokenized))
         return
-    _embed(args, embedder, args.input_file)
+    _embed(args, config, embedder, args.input_file)
 
 
-def _embed(args: argparse.Namespace, embedder, input_file: str) -> None:
+def _embed(args: argparse.Namespace, config: EmbedConfig, embedder, input_file: str) -> None:
     from elmojax.embed.dump import embed_file
     from elmojax.embed.parts import embed_file_part, index_path
 
-    kwargs = dict(output_format=args.output_format, batch_size=args.batch_size, errors=args.errors)
+    kwargs = dict(
+        output_format=args.output_format,
+        batch_size=config.batch_size,
+        chunk_batches=config.chunk_batches,
+        errors=args.errors,
+    )
     if not args.distributed:
         n = embed_file(embedder, input_file, args.output_file, progress=flags.show_progress(args), **kwargs)
         print(f"wrote embeddings of {n} sentences to {args.output_file}", file=sys.stderr)

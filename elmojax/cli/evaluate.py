@@ -7,7 +7,7 @@ import json
 import sys
 
 from elmojax.cli import flags
-from elmojax.model.numerics import Numerics
+from elmojax.config import Numerics
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +29,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="also score every sentence on its own from the start state, as stateless embedding sees it",
     )
     flags.add_start_state(p, "where rows and sentences start")
-    flags.add_softmax_shards(p)
-    flags.add_compute_dtype(p)
+    flags.add_knobs(p, "evaluate")  # --softmax-shards, the Numerics and process flags, --progress
     flags.add_compilation_cache(p)
-    flags.add_distributed(p, "every process runs alike, process 0 prints")
-    flags.add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -43,6 +40,7 @@ DIRECTION_MARGIN = 1.25
 
 
 def run(args: argparse.Namespace) -> None:
+    numerics = flags.config_from_args(Numerics, args, "evaluate")
     flags.start_distributed(args)
     import jax
 
@@ -55,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         per_sentence=args.per_sentence,
         start=args.start_state,
-        numerics=Numerics(compute_dtype=args.compute_dtype),
+        numerics=numerics,
         softmax_shards=args.softmax_shards,
         progress=flags.show_progress(args),
     )

@@ -1,13 +1,18 @@
-"""Flags shared by several commands, each defined once; bilm-tf's underscore spellings come with them."""
+"""Flags shared by several commands, each defined once; bilm-tf's underscore spellings come with them.
+
+The knobs of a run (:data:`elmojax.config.KNOBS`) are added by :func:`add_knobs` from that one
+table and read back into their config dataclasses by :func:`config_from_args`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from typing import Any
 
+from elmojax.config import DistributedConfig, Knob, knobs_for
 from elmojax.errors import ElmoError
-from elmojax.model.numerics import COMPUTE_DTYPES
 from elmojax.options import START_STATES
 
 _ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`")
@@ -46,85 +51,81 @@ def add_compilation_cache(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_compute_dtype(parser: argparse.ArgumentParser) -> None:
+def add_knobs(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the flag of every row of :data:`~elmojax.config.KNOBS` that ``command`` takes."""
+    for knob in knobs_for(command):
+        _add_knob(parser, knob, command)
+
+
+def _add_knob(parser: argparse.ArgumentParser, knob: Knob, command: str) -> None:
+    help_text = knob.help + (f"; {knob.notes[command]}" if command in knob.notes else "")
+    if knob.kind == "progress":
+        add_progress(parser)
+        return
+    if knob.kind == "switch":
+        parser.add_argument(knob.option, action="store_true", help=help_text)
+        return
+    if knob.kind == "toggle":
+        parser.add_argument(
+            knob.option, action=argparse.BooleanOptionalAction, default=knob.default(command), help=help_text
+        )
+        return
+    if command in knob.required:
+        flag(parser, knob.option, required=True, metavar=knob.metavar, help=help_text)
+        return
+    default = knob.default(command)
+    shown = f" (default {default})" if default is not None and knob.parse is None else ""
+    # parsed as None when not given (config_from_args puts the default in): whether a flag was
+    # given at all is known, e.g. a --heartbeat-timeout without --distributed
     flag(
         parser,
-        "--compute-dtype",
-        choices=COMPUTE_DTYPES,
-        default="float32",
-        help="dtype of matmuls and convolutions (bfloat16: mixed precision for GPUs/TPUs; parameters, "
-        "LSTM cell states and the loss stay float32; default float32)",
+        knob.option,
+        type=knob.type if knob.parse is None else str,
+        choices=knob.choices,
+        default=None,
+        metavar=knob.metavar,
+        help=help_text + shown,
     )
 
 
-def add_distributed(parser: argparse.ArgumentParser, what: str = "") -> None:
-    parser.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (several hosts; see docs/accelerators.md)"
-        + (f"; {what}" if what else ""),
-    )
-    flag(parser, "--coordinator-address", default=None, help="with --distributed: host:port of process 0")
-    flag(parser, "--num-processes", type=int, default=None, help="with --distributed: number of processes")
-    flag(parser, "--process-id", type=int, default=None, help="with --distributed: this process's index")
-    flag(
-        parser,
-        "--heartbeat-timeout",
-        type=int,
-        default=None,
-        help="with --distributed: seconds without a heartbeat after which a process counts as gone "
-        "(default 60; see docs/training.md)",
-    )
-    flag(
-        parser,
-        "--initialization-timeout",
-        type=int,
-        default=None,
-        help="with --distributed: seconds to wait for every process to start (default 300)",
-    )
-    flag(
-        parser,
-        "--shutdown-timeout",
-        type=int,
-        default=None,
-        help="with --distributed: seconds a finished process waits for the others at exit (default 60)",
-    )
+def config_from_args(cls: type, args: argparse.Namespace, command: str, **given: Any) -> Any:
+    """A ``cls`` (a dataclass of :data:`~elmojax.config.CONFIGS`) from the flags ``command`` took,
+    with ``given`` fields on top; validated by the dataclass, its errors name the flags."""
+    values: dict[str, Any] = {}
+    for knob in knobs_for(command):
+        if knob.owner is not cls or knob.name in given:
+            continue
+        if knob.kind == "progress":
+            values[knob.name] = show_progress(args)
+            continue
+        value = getattr(args, knob.name)
+        if value is None:
+            value = knob.default(command)
+        elif knob.parse is not None:
+            value = knob.parse(value)
+        values[knob.name] = value
+    return cls(**values, **given)
 
 
 def start_distributed(args: argparse.Namespace) -> None:
-    timeouts = ("heartbeat_timeout", "initialization_timeout", "shutdown_timeout")
-    given = [
-        f
-        for f in ("coordinator_address", "num_processes", "process_id", *timeouts)
-        if getattr(args, f) is not None
-    ]
-    if not args.distributed:
-        if given:
-            raise ElmoError(f"--{given[0].replace('_', '-')} needs --distributed")
+    """With ``--distributed``, start JAX's distributed runtime as the command's
+    :class:`~elmojax.config.DistributedConfig` says; a process flag without it is an error."""
+    for knob in knobs_for(args.command):
+        if knob.owner is DistributedConfig and knob.kind == "value" and getattr(args, knob.name) is not None:
+            if not args.distributed:
+                raise ElmoError(f"{knob.option} needs --distributed")
+    config = config_from_args(DistributedConfig, args, args.command)
+    if not config.distributed:
         return
-    for name in timeouts:
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ElmoError(f"--{name.replace('_', '-')} must be >= 1 (seconds)")
     from elmojax.parallel import initialize
 
     initialize(
-        args.coordinator_address,
-        args.num_processes,
-        args.process_id,
-        **{name: getattr(args, name) for name in timeouts if getattr(args, name) is not None},
-    )
-
-
-def add_softmax_shards(
-    parser: argparse.ArgumentParser, default_help: str = "the devices of one TPU slice or one host"
-) -> None:
-    flag(
-        parser,
-        "--softmax-shards",
-        type=int,
-        default=None,
-        help="split the softmax (and a word model's token embedding) over this many devices "
-        f"(default: {default_help}; 1: the whole softmax on every device)",
+        config.coordinator_address,
+        config.num_processes,
+        config.process_id,
+        heartbeat_timeout=config.heartbeat_timeout,
+        initialization_timeout=config.initialization_timeout,
+        shutdown_timeout=config.shutdown_timeout,
     )
 
 

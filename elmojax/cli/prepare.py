@@ -96,7 +96,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         default="strict",
         help="invalid UTF-8: stop with the line and byte offset (strict) or replace it and go on",
     )
-    flags.add_progress(p)
+    flags.add_knobs(p, "prepare")  # --progress / --no-progress
     p.set_defaults(func=run)
 
 

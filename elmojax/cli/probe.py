@@ -7,9 +7,9 @@ import json
 import sys
 
 from elmojax.cli import flags
+from elmojax.config import EmbedConfig, Numerics
 from elmojax.data.conll import TASKS
 from elmojax.errors import ElmoError
-from elmojax.model.numerics import Numerics
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -45,23 +45,22 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--plot", default=None, metavar="PNG", help="also draw the scores per layer (needs matplotlib)"
     )
-    flags.flag(p, "--batch-size", type=int, default=64, help="sentences per embedding batch (default 64)")
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the probes and of --control's weights (default 0)"
     )
     p.add_argument("--l2", type=float, default=1e-4, help="L2 penalty on the probe's weights (default 1e-4)")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps per probe (default 300)")
     flags.add_start_state(p, "stateless start of every sentence")
-    flags.add_progress(p)
-    flags.add_compute_dtype(p)
+    flags.add_knobs(p, "probe")  # --batch-size, the Numerics flags, --progress
     flags.add_compilation_cache(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    for name in ("batch_size", "steps"):
-        if getattr(args, name) < 1:
-            raise ElmoError(f"`{name}` must be >= 1, found {getattr(args, name)}")
+    config = flags.config_from_args(EmbedConfig, args, "probe")
+    numerics = flags.config_from_args(Numerics, args, "probe")
+    if args.steps < 1:
+        raise ElmoError(f"`steps` must be >= 1, found {args.steps}")
     if args.l2 < 0:
         raise ElmoError(f"`l2` must be >= 0, found {args.l2}")
     if args.plot:
@@ -80,13 +79,13 @@ def run(args: argparse.Namespace) -> None:
         vocab_file=args.vocab_file,
         cache_dir=args.cache_dir,
         control=args.control,
-        batch_size=args.batch_size,
+        batch_size=config.batch_size,
         start_state=args.start_state,
         seed=args.seed,
         l2=args.l2,
         steps=args.steps,
         progress=flags.show_progress(args),
-        embedder_kwargs={"numerics": Numerics(compute_dtype=args.compute_dtype, precision="highest")},
+        embedder_kwargs={"numerics": numerics},
     )
     print(json.dumps(result) if args.json else format_table(result))
     if args.plot:

@@ -27,9 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 #: room an HDF5 dataset takes beyond its values (object header, B-tree and heap entries), with margin
 DATASET_OVERHEAD = 4096
 
-#: sentences read and embedded at a time by :func:`embed_file`, in batches: host memory stays
-#: constant on any input. A multiple of the stateless sort window (8 batches), so sentences are
-#: grouped into batches exactly as when streaming the whole file at once.
+#: the default of :func:`embed_file`'s ``chunk_batches``
+#: (``chunk_batches`` of :class:`elmojax.config.EmbedConfig`, ``--chunk-batches``)
 CHUNK_BATCHES = 64
 
 
@@ -65,6 +64,7 @@ def embed_file(
     errors: str = "strict",
     progress: bool = False,
     lines: range | None = None,
+    chunk_batches: int = CHUNK_BATCHES,
 ) -> int:
     """Write embeddings of every line of ``input_file`` to HDF5 as AllenNLP's ``elmo`` command does.
 
@@ -72,9 +72,13 @@ def embed_file(
     (``top``) or the layer average ``[T, 2P]`` (``average``); ``sentence_to_index`` holds the JSON map
     from sentence text to dataset name. ``lines`` (0-based) embeds only those lines, keeping their
     indices as dataset names (one part of a distributed run). The input is read twice, streamed:
-    once to check every line, then in chunks of :data:`CHUNK_BATCHES` batches to embed them.
+    once to check every line, then in chunks of ``chunk_batches`` batches to embed them, so host
+    memory stays constant on any input (a multiple of the stateless sort window, 8 batches, groups
+    sentences into batches exactly as streaming the whole file at once would).
     Returns the number of sentences written.
     """
+    if chunk_batches < 1:
+        raise ElmoError(f"`chunk_batches` must be >= 1, found {chunk_batches}")
     if output_format not in OUTPUT_FORMATS:
         raise ElmoError(f"unknown output format {output_format!r}; use one of {', '.join(OUTPUT_FORMATS)}")
     select = OUTPUT_FORMATS[output_format][1]
@@ -97,7 +101,7 @@ def embed_file(
         h5py.File(tmp, "w") as fout,
         tqdm(total=total, disable=not progress, unit="sent") as bar,
     ):
-        while chunk := list(itertools.islice(sentences, CHUNK_BATCHES * batch_size)):
+        while chunk := list(itertools.islice(sentences, chunk_batches * batch_size)):
             # the disk may have filled since the first check: ask again before HDF5 writes
             chunk_tokens = sum(len(tokens) for _, tokens in chunk)
             check_room(output_file, chunk_tokens * token_bytes + len(chunk) * DATASET_OVERHEAD)

@@ -170,8 +170,6 @@ PASSING_IO_TEXTS = (
     "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "Permission denied",
     "Input/output error", "Too many open files", "Cannot allocate memory", "timed out",
 )  # fmt: skip
-#: seconds before the one retry of a checkpoint whose read failed without damage
-RETRY_AFTER_S = 2.0
 
 
 def _read_outcome(error: BaseException | None) -> str:
@@ -231,15 +229,21 @@ def _reason(error: BaseException) -> str:
 
 
 def restore_latest(
-    mngr: ocp.CheckpointManager, abstract_state: Any, save_dir: Path, n_devices: int | None = None
+    mngr: ocp.CheckpointManager,
+    abstract_state: Any,
+    save_dir: Path,
+    n_devices: int | None = None,
+    *,
+    retry_after_s: float = 2.0,
 ) -> tuple[dict | None, int | None]:
     """Restore the newest readable checkpoint as ``{"state", "data"}`` and its step, or ``(None, None)``.
 
     Every process reads its part; whether a step is used is one decision, the same on every process
     (every read must succeed). A damaged step (corrupt or missing data) is skipped with a warning
     for the one before it and moved aside (not deleted; by process 0 only), so that training can
-    write that step again. A read that fails without damage (storage not answering) is retried once,
-    then stops the run in one line: it never rolls the run back. One that reads but does not fit
+    write that step again. A read that fails without damage (storage not answering) is retried once
+    after ``retry_after_s`` seconds (``restore_retry_s`` of :class:`~elmojax.config.TrainConfig`), then
+    stops the run in one line: it never rolls the run back. One that reads but does not fit
     this run's shapes is an error (for another global batch, naming the per-device batch size of
     this run's ``n_devices`` that would fit); one written on another number of shards is restored
     into this run's layout (the vocabulary's padding rows added or dropped).
@@ -257,7 +261,7 @@ def restore_latest(
         restored, error = _try_restore(mngr, step, abstract_state, rows_differ)
         decision, reason = _agreed_outcome(step, error)
         if decision == "io":  # once more, after a pause: storage that stalled may answer now
-            time.sleep(RETRY_AFTER_S)
+            time.sleep(retry_after_s)
             restored, error = _try_restore(mngr, step, abstract_state, rows_differ)
             decision, reason = _agreed_outcome(step, error)
         if decision == "io":
@@ -358,15 +362,18 @@ def quiet_writer_noise() -> Iterator[None]:
 class Checkpointer:
     """The checkpoints of one training run: save the state with every process's data position, restore.
 
-    ``every`` steps between checkpoints, ``keep`` kept. Saves are asynchronous: :meth:`save` returns
-    once the arrays are copied to the host and the files are written in the background while
-    training goes on; the next save, :meth:`wait` and :meth:`close` wait for it. A full disk, met
-    by the save or by its background writing, is :func:`disk_full_error`, after removing the
-    incomplete step orbax left under its temporary name.
+    ``every`` steps between checkpoints, ``keep`` kept; a read the storage did not answer is
+    retried once after ``retry_after_s`` seconds (:func:`restore_latest`). Saves are
+    asynchronous: :meth:`save` returns once the arrays are copied to the host and the files are
+    written in the background while training goes on; the next save, :meth:`wait` and
+    :meth:`close` wait for it. A full disk, met by the save or by its background writing, is
+    :func:`disk_full_error`, after removing the incomplete step orbax left under its temporary name.
     """
 
-    def __init__(self, save_dir: Path, *, every: int, keep: int, async_save: bool = True):
-        self.save_dir, self.every = save_dir, every
+    def __init__(
+        self, save_dir: Path, *, every: int, keep: int, async_save: bool = True, retry_after_s: float = 2.0
+    ):
+        self.save_dir, self.every, self.retry_after_s = save_dir, every, retry_after_s
         self.manager = checkpoint_manager(save_dir, every=every, keep=keep, async_save=async_save)
         self._quiet = quiet_writer_noise()  # for as long as writer threads may run: until close()
         self._quiet.__enter__()
@@ -386,7 +393,9 @@ class Checkpointer:
 
     def restore(self, abstract_state: Any, n_devices: int | None = None) -> tuple[dict | None, int | None]:
         """The newest readable checkpoint (see :func:`restore_latest`) and its step, or ``(None, None)``."""
-        restored, step = restore_latest(self.manager, abstract_state, self.save_dir, n_devices)
+        restored, step = restore_latest(
+            self.manager, abstract_state, self.save_dir, n_devices, retry_after_s=self.retry_after_s
+        )
         self.saved = step
         return restored, step
 

@@ -11,7 +11,6 @@ checkpoint left off, and stops at the same final step.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
@@ -25,6 +24,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from elmojax import parallel
+from elmojax.config import TrainConfig
 from elmojax.data.batches import PendingBatch, StepBatch
 from elmojax.data.chars import Batcher
 from elmojax.data.negatives import sample_negatives
@@ -35,7 +35,6 @@ from elmojax.data.vocab import Vocabulary
 from elmojax.errors import ElmoError
 from elmojax.fileio import check_writable_dir, is_disk_full
 from elmojax.model.flops import model_flops, peak_tflops
-from elmojax.model.numerics import Numerics
 from elmojax.model.weights import load_weights
 from elmojax.options import ElmoOptions, load_options, options_from_dict
 from elmojax.parallel import DataParallel
@@ -55,49 +54,9 @@ from elmojax.train.runlock import RunLock
 from elmojax.train.state import TrainState, init_state
 from elmojax.train.step import StepConfig, jit_train_step
 
-#: consecutive non-finite steps after which training stops with an error
-MAX_BAD_STEPS = 10
-#: steps between the stop-flag agreements of processes without JAX's preemption service
-AGREE_EVERY = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to run training; the model and its training keys live in :class:`~elmojax.options.ElmoOptions`.
-
-    ``optimizer`` names one of :data:`elmojax.train.optim.OPTIMIZERS` (bilm-tf's ``adagrad`` by
-    default); ``sparse`` updates the softmax on the rows a step touches only, exact for some
-    optimisers only (:mod:`elmojax.train.optim`). ``softmax_shards`` splits the softmax (and a
-    word-level token embedding) over that many devices (default: one slice or host's devices; 1:
-    replicated on every device; see :mod:`elmojax.parallel`). ``sparse_fraction``: see
-    :class:`~elmojax.train.step.StepConfig`; ``prefetch_steps``: steps whose host arrays are
-    prepared ahead of the device (:mod:`elmojax.data.prefetch`).
-    """
-
-    save_dir: str
-    train_prefix: str
-    vocab_file: str | None = None
-    max_steps: int | None = None
-    seed: int = 0
-    init_from: str | None = None
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 10
-    progress: bool = True
-    max_bad_steps: int = MAX_BAD_STEPS
-    numerics: Numerics = Numerics()  # e.g. Numerics(compute_dtype="bfloat16")
-    optimizer: str = "adagrad"
-    sparse: bool = True
-    sparse_fraction: float = 0.25
-    prefetch_steps: int = 2
-    softmax_shards: int | None = None
-    # held-out perplexity while training (elmojax.train.heldout); eval_every defaults to checkpoint_every
-    heldout_prefix: str | None = None
-    eval_every: int | None = None
-    heldout_tokens: int | None = None
-    keep_best: bool = False
-    # a jax.profiler trace of steps A..B into SAVE_DIR/profile (elmojax.train.profiler)
-    profile_steps: tuple[int, int] | None = None
+#: the defaults of TrainConfig.max_bad_steps and TrainConfig.agree_every (a run sets the fields)
+MAX_BAD_STEPS = TrainConfig.max_bad_steps
+AGREE_EVERY = TrainConfig.agree_every
 
 
 def train(
@@ -129,7 +88,12 @@ def train(
             sparse_fraction=config.sparse_fraction,
         )
         stream = training_stream(options, config, vocab, par)
-        ckpt = Checkpointer(save_dir, every=config.checkpoint_every, keep=config.keep_checkpoints)
+        ckpt = Checkpointer(
+            save_dir,
+            every=config.checkpoint_every,
+            keep=config.keep_checkpoints,
+            retry_after_s=config.restore_retry_s,
+        )
         try:
             state = restore_or_init(ckpt, step_config, par, stream, config, vocab)
             return run_steps(state, step_config, par, stream, ckpt, config, on_step)
@@ -310,10 +274,11 @@ class Preemption:
     (``multihost_utils.reached_preemption_sync_point``), whichever process got the signal. SIGINT is
     passed on to that notifier as a SIGTERM (its check costs under a microsecond a step). Without
     JAX's preemption service, the processes agree on their flags with a small collective every
-    :data:`AGREE_EVERY` steps instead.
+    ``agree_every`` steps instead (``agree_every`` of :class:`~elmojax.config.TrainConfig`).
     """
 
-    def __init__(self):
+    def __init__(self, agree_every: int = AGREE_EVERY):
+        self.agree_every = agree_every
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
         self.sync_point = jax.process_count() > 1 and _preemption_service()
@@ -336,7 +301,7 @@ class Preemption:
         if self.sync_point:
             return multihost_utils.reached_preemption_sync_point(step)
         if jax.process_count() > 1:  # a collective costs ~6 ms on CPUs (gloo): every few steps
-            return step % AGREE_EVERY == 0 and any(parallel.agree_max([self.signal is not None]))
+            return step % self.agree_every == 0 and any(parallel.agree_max([self.signal is not None]))
         return self.signal is not None
 
     def __exit__(self, *exc) -> None:
@@ -395,7 +360,7 @@ def run_steps(
                dynamic_ncols=True)  # fmt: skip
     with (
         bar,
-        Preemption() as preempt,
+        Preemption(config.agree_every) as preempt,
         # resumed: TensorBoard hides what the earlier session logged after the checkpoint
         open_writers(ckpt.save_dir, primary=primary, purge_step=start + 1 if start else None) as writers,
         Prefetcher(producer, depth=config.prefetch_steps, name="elmojax-train-batches") as batches,

@@ -17,30 +17,8 @@ from typing import Any
 
 import jax
 
-from elmojax.errors import ElmoError
-
 #: the folder of a run directory that holds the traces (``tensorboard --logdir SAVE_DIR/profile``)
 PROFILE_DIR = "profile"
-
-
-def parse_steps(text: str) -> tuple[int, int]:
-    """``"A:B"`` as ``(A, B)``, with ``1 <= A <= B``; else an :class:`~elmojax.errors.ElmoError`."""
-    first, sep, last = text.partition(":")
-    try:
-        steps = (int(first), int(last)) if sep else None
-    except ValueError:
-        steps = None
-    if steps is None:
-        raise ElmoError(f"--profile-steps {text!r}: expected A:B, two step numbers such as 10:12")
-    return check_steps(steps)
-
-
-def check_steps(steps: tuple[int, int]) -> tuple[int, int]:
-    """``steps`` if it is a window ``(A, B)`` of whole steps with ``1 <= A <= B``."""
-    first, last = steps
-    if not (isinstance(first, int) and isinstance(last, int) and 1 <= first <= last):
-        raise ElmoError(f"--profile-steps {first}:{last}: the steps must be whole numbers with 1 <= A <= B")
-    return first, last
 
 
 class Profiler:
@@ -52,8 +30,8 @@ class Profiler:
     """
 
     def __init__(self, save_dir: Path, window: tuple[int, int] | None, *, primary: bool):
+        # window: TrainConfig.profile_steps, checked there
         self.directory = save_dir / PROFILE_DIR
-        window = check_steps(window) if window is not None else None
         self.window = window if primary else None
         self.tracing = False
         self.traced: list[int] = []  # the first and last step traced

@@ -182,12 +182,9 @@ def test_stateless_start_is_the_state_after_the_warmup_text(tiny_options, tiny_p
 
 
 @pytest.mark.parametrize("stateful", [False, True])
-def test_embed_file_streams_in_chunks_with_the_same_result(
-    tiny_options, tiny_params, tmp_path, monkeypatch, stateful
-):
+def test_embed_file_streams_in_chunks_with_the_same_result(tiny_options, tiny_params, tmp_path, stateful):
     """Chunked reading (constant host memory) changes nothing: neither the stateless batching nor
     the rows a stateful embedder carries from chunk to chunk."""
-    import elmojax.embed.dump
     from elmojax.fileio import count_lines
 
     lines = [" ".join([f"w{i % 5}"] * (1 + i % 6)) for i in range(19)]
@@ -195,10 +192,9 @@ def test_embed_file_streams_in_chunks_with_the_same_result(
     assert count_lines(tmp_path / "in.txt") == 19
     dumps = []
     for chunk_batches in (64, 1):
-        monkeypatch.setattr(elmojax.embed.dump, "CHUNK_BATCHES", chunk_batches)
         embedder = Embedder(tiny_options, tiny_params, batch_size=4, stateful=stateful)
         out = tmp_path / f"out{chunk_batches}.h5"
-        assert embed_file(embedder, tmp_path / "in.txt", out, batch_size=4) == 19
+        assert embed_file(embedder, tmp_path / "in.txt", out, batch_size=4, chunk_batches=chunk_batches) == 19
         with h5py.File(out, "r") as f:
             dumps.append({k: f[k][()] for k in f if k != "sentence_to_index"})
     assert dumps[0].keys() == dumps[1].keys() == {str(i) for i in range(19)}

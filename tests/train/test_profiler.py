@@ -9,9 +9,10 @@ import json
 import pytest
 
 from elmojax.cli import main
+from elmojax.config import parse_profile_steps as parse_steps
 from elmojax.errors import ElmoError
 from elmojax.train.loop import TrainConfig, train
-from elmojax.train.profiler import PROFILE_DIR, parse_steps
+from elmojax.train.profiler import PROFILE_DIR
 
 
 def test_profile_steps_writes_a_trace_that_holds_the_steps(tmp_path, corpus, train_options, capsys):

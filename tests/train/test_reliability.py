@@ -183,21 +183,19 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(corpus, train_options,
 def test_a_passing_read_error_is_retried_never_a_rollback(corpus, train_options, tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
 
-    import elmojax.train.checkpoints as checkpoints
-
     run = tmp_path / "run"
     cfg = dict(save_dir=str(run), train_prefix=corpus.train, vocab_file=corpus.vocab, progress=False)
     train(train_options, TrainConfig(**cfg, checkpoint_every=2, max_steps=4))
+    cfg["restore_retry_s"] = 0.01  # the pause before the one retry
     real, failures = ocp.StandardCheckpointHandler.restore, []
 
     def stalled(self, *args, **kwargs):  # the storage does not answer (n times)
         if len(failures) < n:
-            failures.append(1)
+            failures.append(time.monotonic())
             raise ValueError("UNAVAILABLE: Error reading local file: connection timed out")
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(ocp.StandardCheckpointHandler, "restore", stalled)
-    monkeypatch.setattr(checkpoints, "RETRY_AFTER_S", 0.01)
     n = 2  # fails, and fails again: one line, nothing moved or rolled back
     with pytest.raises(
         ElmoError, match=r"checkpoint 4 could not be read \(the storage did not answer .*twice"
@@ -206,6 +204,7 @@ def test_a_passing_read_error_is_retried_never_a_rollback(corpus, train_options,
     assert checkpoint_manager(run).all_steps() == [2, 4] and not list(
         (run / "checkpoints").glob("*.damaged*")
     )
+    assert 0.01 <= failures[1] - failures[0] < 1.5  # restore_retry_s, not the default 2 s
     failures.clear()
     n = 1  # fails once: the retry reads it
     last = train(train_options, TrainConfig(**cfg, checkpoint_every=2, max_steps=6))
