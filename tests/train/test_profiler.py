@@ -44,8 +44,8 @@ def test_profile_steps_writes_a_trace_that_holds_the_steps(tmp_path, corpus, tra
 
 @pytest.mark.parametrize("text", ["3:2", "0:2", "2", "a:b", "2:3:4", "1.5:2"])
 def test_a_bad_window_is_one_line(text, tmp_path, capsys):
-    with pytest.raises(ElmoError, match="--profile-steps"):
-        parse_steps(text)
+    with pytest.raises(ElmoError, match="profile.steps"):  # the text, or the window it names
+        TrainConfig(save_dir="s", train_prefix="t", profile_steps=parse_steps(text))
     argv = ["train", "--options-file", "o", "--train-prefix", "t", "--save-dir", str(tmp_path)]
     assert main([*argv, "--profile-steps", text, "--no-compilation-cache"]) == 2
     err = capsys.readouterr().err.strip()
