@@ -17,16 +17,20 @@ import ctypes
 import json
 import multiprocessing
 import os
+import pickle
+import queue
 import shutil
+import signal
 import sys
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from elmojax.data.readers import ReadCounts, ReadOptions, read_dataset, read_files
-from elmojax.data.tokenizers import DEFAULT, LONG_TOKEN_BYTES, get_tokenizer, tokenize_chunk
+from elmojax.data.tokenizers import DEFAULT, LONG_TOKEN_BYTES, get_tokenizer
 from elmojax.data.vocab import SPECIALS
 from elmojax.errors import ElmoError, InputTextError
 from elmojax.fileio import check_input_file, check_writable_dir
@@ -41,31 +45,44 @@ CHUNK_CHARS = 1 << 18
 CHUNK_TEXTS = 4096
 
 
-def _write_shards(
-    lines: Iterable[str], directory: Path, per_shard: int, count: bool = False
-) -> tuple[int, int, int, Counter]:
-    """Write ``lines`` into numbered shards; returns (sentences, tokens, shards, token counts if
-    ``count``)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    n_sent = n_tok = n_shards = 0
-    counter: Counter = Counter()
-    out = None
-    try:
-        for line in lines:
-            if n_sent % per_shard == 0:
-                if out is not None:
-                    out.close()
-                out = open(directory / f"shard_{n_shards:05d}.txt", "w", encoding="utf-8", newline="\n")
-                n_shards += 1
-            out.write(line + "\n")
-            if count:
-                counter.update(line.split(" "))
-            n_sent += 1
-            n_tok += line.count(" ") + 1
-    finally:
-        if out is not None:
-            out.close()
-    return n_sent, n_tok, n_shards, counter
+class _Shards:
+    """Numbered shards of ``per_shard`` sentences in ``directory``, written a block of lines at a
+    time; counts the sentences, tokens and shards."""
+
+    def __init__(self, directory: Path, per_shard: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.per_shard = directory, per_shard
+        self.n_sentences = self.n_tokens = self.n_shards = 0
+        self.out: BinaryIO | None = None
+
+    def write(self, lines: list[bytes]) -> None:
+        """Append ``lines`` (UTF-8 sentences without their newline), opening shards as they fill."""
+        at = 0
+        while at < len(lines):
+            if self.n_sentences % self.per_shard == 0:
+                self.close()
+                self.out = open(self.directory / f"shard_{self.n_shards:05d}.txt", "wb")
+                self.n_shards += 1
+            take = min(len(lines) - at, self.per_shard - self.n_sentences % self.per_shard)
+            data = b"\n".join(lines[at : at + take]) + b"\n"
+            self.out.write(data)
+            self.n_tokens += data.count(b" ") + take
+            self.n_sentences += take
+            at += take
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+
+
+def _shuffled_buckets(bucket_dir: Path, seed: int) -> Iterator[list[bytes]]:
+    """Each bucket's lines in a seeded random order, bucket after bucket: the shuffled corpus, one
+    bucket (a 64th of it) in memory at a time."""
+    for b in range(N_BUCKETS):
+        lines = (bucket_dir / f"{b:02d}.txt").read_bytes().split(b"\n")[:-1]
+        order = np.random.default_rng([seed, b]).permutation(len(lines))
+        yield [lines[j] for j in order.tolist()]
 
 
 def prepare_corpus(
@@ -87,6 +104,8 @@ def prepare_corpus(
     progress: bool = False,
     tokenizer: str | None = None,
     workers: int | None = None,
+    chunk_chars: int = CHUNK_CHARS,
+    chunk_texts: int = CHUNK_TEXTS,
 ) -> dict:
     """Tokenize, shuffle and shard ``inputs`` into ``out``; write the vocabulary and ``stats.json``.
 
@@ -108,7 +127,8 @@ def prepare_corpus(
     ``tokenizer`` names the tokenizer (:mod:`elmojax.data.tokenizers`; default ``elmojax``,
     ``tokenized`` is ``whitespace``); it is recorded in ``stats.json`` and ``tokenizer.json`` (with
     ``lowercase``) so that embedding cuts raw text the same way. ``workers`` processes tokenize
-    (default: every core); the output is the same for any number.
+    (default: every core), handed chunks of about ``chunk_chars`` characters or ``chunk_texts``
+    texts; the output is the same for any number and any chunk size.
     """
     if not 0.0 <= heldout_fraction < 1.0:
         raise ElmoError(f"`heldout_fraction` {heldout_fraction}: must be at least 0 and below 1")
@@ -127,6 +147,8 @@ def prepare_corpus(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ElmoError(f"`workers` {workers}: must be at least 1")
+    if chunk_chars < 1 or chunk_texts < 1:
+        raise ElmoError(f"`chunk_chars` {chunk_chars}, `chunk_texts` {chunk_texts}: must be at least 1")
 
     out = check_writable_dir(out).resolve()
     # a folder holding only prepare's outputs is built beside it and flipped in one rename; one
@@ -141,6 +163,7 @@ def prepare_corpus(
         stats = _prepare_into(
             tmp, inputs, ReadOptions(column, text_key, errors), heldout_fraction, sentences_per_shard,
             seed, min_count, lowercase, tokenizer, workers, tfds, tfds_data_dir, hf_dataset, progress,
+            chunk_chars=chunk_chars, chunk_texts=chunk_texts,
         )  # fmt: skip
         if whole:
             flip(tmp, out, base / f"{prefix}old-{os.getpid()}")
@@ -214,39 +237,34 @@ def _prepare_into(
     tfds_data_dir: str | None,
     hf_dataset: str | None,
     progress: bool,
+    *,
+    chunk_chars: int = CHUNK_CHARS,
+    chunk_texts: int = CHUNK_TEXTS,
 ) -> dict:
     counts = ReadCounts()
     bucket_dir = tmp / "buckets"
     bucket_dir.mkdir()
-    buckets = [
-        open(bucket_dir / f"{b:02d}.txt", "w", encoding="utf-8", newline="\n") for b in range(N_BUCKETS)
-    ]
-    rng = np.random.default_rng(seed)
-    draws = np.empty(0, dtype=np.int64)
-    used = 0
+    buckets = [open(bucket_dir / f"{b:02d}.txt", "wb") for b in range(N_BUCKETS)]
     n_sentences = 0
-    n_long = 0
     counter: Counter = Counter()  # every sentence's tokens; the held-out ones are taken out below
     try:
         texts = _input_texts(inputs, read_options, tfds, tfds_data_dir, hf_dataset, counts, progress)
-        for lines, n_empty, chunk_counts, n_lng in tokenized_chunks(texts, tokenizer, lowercase, workers):
+        dealt = tokenized_chunks(
+            texts,
+            tokenizer,
+            lowercase,
+            workers,
+            seed,
+            counter,
+            chunk_chars=chunk_chars,
+            chunk_texts=chunk_texts,
+        )
+        for parts, n_lines, n_empty in dealt:
             counts.skipped_empty += n_empty
-            counter.update(chunk_counts)
-            n_long += n_lng
-            picks = np.empty(len(lines), dtype=np.int64)
-            at = 0
-            while at < len(lines):  # the same draws, in the same order, however the texts were chunked
-                if used == len(draws):
-                    draws, used = rng.integers(0, N_BUCKETS, size=65_536), 0
-                take = min(len(lines) - at, len(draws) - used)
-                picks[at : at + take] = draws[used : used + take]
-                at, used = at + take, used + take
-            order = np.argsort(picks, kind="stable")
-            bounds = np.searchsorted(picks[order], np.arange(N_BUCKETS + 1))
-            for b in range(N_BUCKETS):
-                if bounds[b + 1] > bounds[b]:
-                    buckets[b].write("\n".join(lines[j] for j in order[bounds[b] : bounds[b + 1]]) + "\n")
-            n_sentences += len(lines)
+            n_sentences += n_lines
+            for f, part in zip(buckets, parts, strict=True):
+                if part:
+                    f.write(part)
     finally:
         for f in buckets:
             f.close()
@@ -261,21 +279,22 @@ def _prepare_into(
         n_heldout = max(n_heldout, 1)
     n_heldout = min(n_heldout, n_sentences - 1)
 
-    def shuffled() -> Iterator[str]:
-        for b in range(N_BUCKETS):
-            with open(bucket_dir / f"{b:02d}.txt", encoding="utf-8", newline="\n") as f:
-                lines = f.read().split("\n")[:-1]
-            order = np.random.default_rng([seed, b]).permutation(len(lines))
-            for j in order:
-                yield lines[j]
-
-    stream = shuffled()
-    held = (next(stream) for _ in range(n_heldout))
-    n_held, n_held_tokens, n_held_shards, held_counter = _write_shards(
-        held, tmp / "heldout", sentences_per_shard, count=True
-    )
-    counter.subtract(held_counter)
-    n_train, n_train_tokens, n_train_shards, _ = _write_shards(stream, tmp / "train", sentences_per_shard)
+    limit = LONG_TOKEN_BYTES  # counted over every sentence, the held-out ones too
+    n_long = sum(c for t, c in counter.items() if len(t) > limit // 4 and len(t.encode("utf-8")) > limit)
+    held, train = _Shards(tmp / "heldout", sentences_per_shard), _Shards(tmp / "train", sentences_per_shard)
+    try:
+        for lines in _shuffled_buckets(bucket_dir, seed):
+            if held.n_sentences < n_heldout:  # the first sentences of the shuffled stream
+                take = lines[: n_heldout - held.n_sentences]
+                lines = lines[len(take) :]
+                held.write(take)
+                counter.subtract(Counter(b" ".join(take).decode("utf-8").split(" ")))
+            train.write(lines)
+    finally:
+        held.close()
+        train.close()
+    n_held, n_held_tokens, n_held_shards = held.n_sentences, held.n_tokens, held.n_shards
+    n_train, n_train_tokens, n_train_shards = train.n_sentences, train.n_tokens, train.n_shards
     shutil.rmtree(bucket_dir)
 
     for special in SPECIALS:
@@ -326,43 +345,191 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
+def _chunks(texts: Iterable[str], chunk_chars: int, chunk_texts: int) -> Iterator[tuple[int, list[str]]]:
+    """(index of the first text, texts) of chunks of about ``chunk_chars`` characters or
+    ``chunk_texts`` texts."""
     chunk: list[str] = []
-    size = 0
+    start = size = 0
     for text in texts:
         chunk.append(text)
         size += len(text)
-        if size >= CHUNK_CHARS or len(chunk) >= CHUNK_TEXTS:
-            yield chunk
-            chunk, size = [], 0
+        if size >= chunk_chars or len(chunk) >= chunk_texts:
+            yield start, chunk
+            start, chunk, size = start + len(chunk), [], 0
     if chunk:
-        yield chunk
+        yield start, chunk
+
+
+_U64 = np.uint64
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer of each uint64 (wrapping arithmetic): a fast, well-spread hash."""
+    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+def buckets_of(seed: int, text_index: np.ndarray, sentence_index: np.ndarray) -> np.ndarray:
+    """The shuffle bucket (0 .. N_BUCKETS-1) of each sentence, a hash of the seed, the index of its
+    text in the whole input and its index in the text: (n,) int64, the same however the texts
+    were chunked or dealt to workers."""
+    key = _mix(np.full(1, seed % (1 << 64), dtype=_U64))
+    h = _mix(_mix(text_index.astype(_U64) + key) ^ sentence_index.astype(_U64))
+    return (h % _U64(N_BUCKETS)).astype(np.int64)
+
+
+def deal_chunk(
+    start: int, texts: list[str], tokenizer: str, lowercase: bool, seed: int, counter: Counter
+) -> tuple[list[bytes], int, int]:
+    """Tokenize one chunk (texts ``start``, ``start + 1``, ...) and deal its sentence lines into the
+    shuffle buckets: (the UTF-8 lines of each of the N_BUCKETS buckets, each line ending in a
+    newline, in text order; sentences; texts without tokens). Adds the lines' tokens, split on
+    spaces as the shards will be read, to ``counter``. Runs in a worker process."""
+    tokenize = get_tokenizer(tokenizer)
+    lines: list[str] = []
+    per_text = np.zeros(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        sentences = tokenize(text.lower() if lowercase else text)
+        per_text[i] = len(sentences)
+        lines.extend(" ".join(tokens) for tokens in sentences)
+    if not lines:
+        return [b""] * N_BUCKETS, 0, len(texts)
+    counter.update(" ".join(lines).split(" "))
+    first = np.repeat(np.cumsum(per_text) - per_text, per_text)  # (n,) each line's text's first line
+    text_index = np.repeat(np.arange(start, start + len(texts)), per_text)
+    picks = buckets_of(seed, text_index, np.arange(len(lines)) - first)
+    order = np.argsort(picks, kind="stable").tolist()
+    bounds = np.searchsorted(picks[order], np.arange(N_BUCKETS + 1)).tolist()
+    dealt = [lines[j] for j in order]
+    parts = [
+        ("\n".join(dealt[a:b]) + "\n").encode("utf-8") if b > a else b""
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return parts, len(lines), int(np.count_nonzero(per_text == 0))
 
 
 def tokenized_chunks(
-    texts: Iterable[str], tokenizer: str, lowercase: bool, workers: int
-) -> Iterator[tuple[list[str], int, dict[str, int], int]]:
-    """:func:`~elmojax.data.tokenizers.tokenize_chunk` of every chunk of ``texts``, in order. With
-    several workers the chunks go to a pool of processes (started only once a second chunk
-    exists), at most two a worker in flight so that memory stays flat, while this process reads
-    and writes."""
-    chunks = _chunks(texts)
+    texts: Iterable[str],
+    tokenizer: str,
+    lowercase: bool,
+    workers: int,
+    seed: int,
+    counter: Counter,
+    *,
+    chunk_chars: int = CHUNK_CHARS,
+    chunk_texts: int = CHUNK_TEXTS,
+) -> Iterator[tuple[list[bytes], int, int]]:
+    """:func:`deal_chunk` of every chunk of ``texts``, in order; when the iterator is done,
+    ``counter`` holds the token counts of every chunk. With several workers, chunk ``i`` goes to
+    worker ``i % workers`` (started only once a second chunk exists), at most two a worker in
+    flight so that memory stays flat; each worker keeps its own counts and sends them once at the
+    end, so that this process only reads, writes the buckets and merges ``workers`` counters."""
+    chunks = _chunks(texts, chunk_chars, chunk_texts)
     head = [c for c in (next(chunks, None), next(chunks, None)) if c is not None]
     if workers == 1 or len(head) < 2:
-        for chunk in [*head, *chunks]:
-            yield tokenize_chunk(chunk, tokenizer, lowercase)
+        for start, chunk in [*head, *chunks]:
+            yield deal_chunk(start, chunk, tokenizer, lowercase, seed, counter)
         return
-    # spawn: safe beside threads (JAX, tqdm) and the same on every platform
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pending: deque = deque()
-        for chunk in _chain(head, chunks):
-            pending.append(pool.apply_async(tokenize_chunk, (chunk, tokenizer, lowercase)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    with _Workers(workers, tokenizer, lowercase, seed) as pool:
+        sent = done = 0
+        for task in _chain(head, chunks):
+            pool.send(sent, task)
+            sent += 1
+            if sent - done >= 2 * workers:
+                yield pool.receive(done)
+                done += 1
+        while done < sent:
+            yield pool.receive(done)
+            done += 1
+        for worker_counts in pool.finish():
+            counter.update(worker_counts)
 
 
-def _chain(head: list[list[str]], rest: Iterator[list[str]]) -> Iterator[list[str]]:
+def _chain(head: list, rest: Iterator) -> Iterator:
     yield from head
     yield from rest
+
+
+class _Failure:
+    """An exception raised in a worker, sent back to be raised in the main process."""
+
+    def __init__(self, error: Exception) -> None:
+        try:
+            pickle.dumps(error)
+        except Exception:  # an exception that cannot cross processes: its type and message
+            error = ElmoError(f"a tokenizer worker failed: {type(error).__name__}: {error}")
+        self.error = error
+
+
+def _work(tasks, results, tokenizer: str, lowercase: bool, seed: int) -> None:
+    """A worker process: deal the chunks it is sent until None, then send its token counts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the main process, which ends this one
+    counter: Counter = Counter()
+    try:
+        while (task := tasks.get()) is not None:
+            results.put(deal_chunk(*task, tokenizer, lowercase, seed, counter))
+        results.put(counter)
+    except Exception as e:
+        results.put(_Failure(e))
+
+
+class _Workers:
+    """``n`` spawned worker processes (spawn: safe beside threads such as JAX's and tqdm's, and the
+    same on every platform), each with its own task and result queue, so that the results of one
+    worker come back in the order it was sent its chunks."""
+
+    def __init__(self, n: int, tokenizer: str, lowercase: bool, seed: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.tasks = [ctx.Queue() for _ in range(n)]
+        self.results = [ctx.Queue() for _ in range(n)]
+        self.procs = [
+            ctx.Process(target=_work, args=(t, r, tokenizer, lowercase, seed), daemon=True)
+            for t, r in zip(self.tasks, self.results, strict=True)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def send(self, i: int, task: tuple[int, list[str]]) -> None:
+        self.tasks[i % len(self.procs)].put(task)
+
+    def receive(self, i: int):
+        """The next result of the worker of chunk ``i``; its error raised here; one line if it died."""
+        proc, results = self.procs[i % len(self.procs)], self.results[i % len(self.procs)]
+        while True:
+            try:
+                out = results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if proc.is_alive():
+                    continue
+            try:  # everything a stopped process sent is in the pipe already
+                out = results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                raise ElmoError(
+                    f"a tokenizer worker stopped (exit status {proc.exitcode}), perhaps out of memory; "
+                    "run again with fewer --workers"
+                ) from None
+        if isinstance(out, _Failure):
+            raise out.error
+        return out
+
+    def finish(self) -> list[Counter]:
+        """Every worker's token counts; the workers end."""
+        for t in self.tasks:
+            t.put(None)
+        return [self.receive(i) for i in range(len(self.procs))]
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            if p.is_alive() and exc[0] is not None:
+                p.terminate()
+        for t in self.tasks:
+            t.cancel_join_thread()  # nothing more is read from them
+            t.close()
+        for p in self.procs:
+            p.join()

@@ -330,3 +330,20 @@ def test_prepare_flips_the_whole_output_in_one_rename(tmp_path, monkeypatch):
     prepare_corpus([second], out, heldout_fraction=0)
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert read_dir(out / "train") == [["five", "six", "seven", "."]]
+
+
+def test_shuffle_buckets_are_even_seeded_and_by_position():
+    import numpy as np
+
+    from elmojax.data.prepare import N_BUCKETS, buckets_of
+
+    texts, sentences = np.repeat(np.arange(8000), 4), np.tile(np.arange(4), 8000)  # 32000 sentences
+    picks = buckets_of(0, texts, sentences)
+    assert picks.min() == 0 and picks.max() == N_BUCKETS - 1
+    per_bucket = np.bincount(picks, minlength=N_BUCKETS)  # 500 each expected, sd about 22
+    assert per_bucket.min() > 400 and per_bucket.max() < 600
+    assert np.array_equal(picks, buckets_of(0, texts, sentences))
+    assert np.mean(picks != buckets_of(1, texts, sentences)) > 0.95  # another seed, other buckets
+    assert np.mean(picks[::4] != picks[1::4]) > 0.95  # a text's sentences are dealt apart
+    # the key is the position, not the sentence: copies of one line are spread over the shuffle
+    assert len(set(buckets_of(7, np.arange(1000), np.zeros(1000, dtype=np.int64)).tolist())) == N_BUCKETS
