@@ -17,10 +17,8 @@ import ctypes
 import json
 import multiprocessing
 import os
-import pickle
 import queue
 import shutil
-import signal
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,6 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from elmojax.data.dealing import N_BUCKETS, Failure, deal_chunk, seed_key, work
 from elmojax.data.readers import ReadCounts, ReadOptions, read_dataset, read_files
 from elmojax.data.tokenizers import DEFAULT, LONG_TOKEN_BYTES, get_tokenizer
 from elmojax.data.vocab import SPECIALS
@@ -37,7 +36,6 @@ from elmojax.fileio import check_input_file, check_writable_dir
 
 #: what prepare writes into its output folder
 OUTPUTS = frozenset({"train", "heldout", "vocab.txt", "stats.json", "tokenizer.json"})
-N_BUCKETS = 64  # fixed so that the shuffle depends only on the input and the seed
 #: share of long tokens above which prepare warns
 LONG_TOKEN_WARN = 0.005
 #: texts are handed to the tokenizer workers in chunks of about this many characters (or texts)
@@ -360,55 +358,6 @@ def _chunks(texts: Iterable[str], chunk_chars: int, chunk_texts: int) -> Iterato
         yield start, chunk
 
 
-_U64 = np.uint64
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finalizer of each uint64 (wrapping arithmetic): a fast, well-spread hash."""
-    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
-    return x ^ (x >> _U64(31))
-
-
-def buckets_of(seed: int, text_index: np.ndarray, sentence_index: np.ndarray) -> np.ndarray:
-    """The shuffle bucket (0 .. N_BUCKETS-1) of each sentence, a hash of the seed, the index of its
-    text in the whole input and its index in the text: (n,) int64, the same however the texts
-    were chunked or dealt to workers."""
-    key = _mix(np.full(1, seed % (1 << 64), dtype=_U64))
-    h = _mix(_mix(text_index.astype(_U64) + key) ^ sentence_index.astype(_U64))
-    return (h % _U64(N_BUCKETS)).astype(np.int64)
-
-
-def deal_chunk(
-    start: int, texts: list[str], tokenizer: str, lowercase: bool, seed: int, counter: Counter
-) -> tuple[list[bytes], int, int]:
-    """Tokenize one chunk (texts ``start``, ``start + 1``, ...) and deal its sentence lines into the
-    shuffle buckets: (the UTF-8 lines of each of the N_BUCKETS buckets, each line ending in a
-    newline, in text order; sentences; texts without tokens). Adds the lines' tokens, split on
-    spaces as the shards will be read, to ``counter``. Runs in a worker process."""
-    tokenize = get_tokenizer(tokenizer)
-    lines: list[str] = []
-    per_text = np.zeros(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        sentences = tokenize(text.lower() if lowercase else text)
-        per_text[i] = len(sentences)
-        lines.extend(" ".join(tokens) for tokens in sentences)
-    if not lines:
-        return [b""] * N_BUCKETS, 0, len(texts)
-    counter.update(" ".join(lines).split(" "))
-    first = np.repeat(np.cumsum(per_text) - per_text, per_text)  # (n,) each line's text's first line
-    text_index = np.repeat(np.arange(start, start + len(texts)), per_text)
-    picks = buckets_of(seed, text_index, np.arange(len(lines)) - first)
-    order = np.argsort(picks, kind="stable").tolist()
-    bounds = np.searchsorted(picks[order], np.arange(N_BUCKETS + 1)).tolist()
-    dealt = [lines[j] for j in order]
-    parts = [
-        ("\n".join(dealt[a:b]) + "\n").encode("utf-8") if b > a else b""
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    return parts, len(lines), int(np.count_nonzero(per_text == 0))
-
-
 def tokenized_chunks(
     texts: Iterable[str],
     tokenizer: str,
@@ -420,18 +369,19 @@ def tokenized_chunks(
     chunk_chars: int = CHUNK_CHARS,
     chunk_texts: int = CHUNK_TEXTS,
 ) -> Iterator[tuple[list[bytes], int, int]]:
-    """:func:`deal_chunk` of every chunk of ``texts``, in order; when the iterator is done,
-    ``counter`` holds the token counts of every chunk. With several workers, chunk ``i`` goes to
-    worker ``i % workers`` (started only once a second chunk exists), at most two a worker in
-    flight so that memory stays flat; each worker keeps its own counts and sends them once at the
-    end, so that this process only reads, writes the buckets and merges ``workers`` counters."""
+    """:func:`~elmojax.data.dealing.deal_chunk` of every chunk of ``texts``, in order; when the
+    iterator is done, ``counter`` holds the token counts of every chunk. With several workers
+    (started only once a second chunk exists), at most two chunks a worker are in flight so that
+    memory stays flat; each worker keeps its own counts and sends them once at the end, so that
+    this process only reads, writes the buckets and merges ``workers`` counters."""
+    key = seed_key(seed)
     chunks = _chunks(texts, chunk_chars, chunk_texts)
     head = [c for c in (next(chunks, None), next(chunks, None)) if c is not None]
     if workers == 1 or len(head) < 2:
         for start, chunk in [*head, *chunks]:
-            yield deal_chunk(start, chunk, tokenizer, lowercase, seed, counter)
+            yield deal_chunk(start, chunk, tokenizer, lowercase, key, counter)
         return
-    with _Workers(workers, tokenizer, lowercase, seed) as pool:
+    with _Workers(workers, tokenizer, lowercase, key) as pool:
         sent = done = 0
         for task in _chain(head, chunks):
             pool.send(sent, task)
@@ -451,85 +401,69 @@ def _chain(head: list, rest: Iterator) -> Iterator:
     yield from rest
 
 
-class _Failure:
-    """An exception raised in a worker, sent back to be raised in the main process."""
-
-    def __init__(self, error: Exception) -> None:
-        try:
-            pickle.dumps(error)
-        except Exception:  # an exception that cannot cross processes: its type and message
-            error = ElmoError(f"a tokenizer worker failed: {type(error).__name__}: {error}")
-        self.error = error
-
-
-def _work(tasks, results, tokenizer: str, lowercase: bool, seed: int) -> None:
-    """A worker process: deal the chunks it is sent until None, then send its token counts."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the main process, which ends this one
-    counter: Counter = Counter()
-    try:
-        while (task := tasks.get()) is not None:
-            results.put(deal_chunk(*task, tokenizer, lowercase, seed, counter))
-        results.put(counter)
-    except Exception as e:
-        results.put(_Failure(e))
-
-
 class _Workers:
     """``n`` spawned worker processes (spawn: safe beside threads such as JAX's and tqdm's, and the
-    same on every platform), each with its own task and result queue, so that the results of one
-    worker come back in the order it was sent its chunks."""
+    same on every platform) running :func:`~elmojax.data.dealing.work`: chunks go on one shared
+    queue (a busy or slow worker takes fewer), results come back tagged with the chunk's number."""
 
-    def __init__(self, n: int, tokenizer: str, lowercase: bool, seed: int) -> None:
+    def __init__(self, n: int, tokenizer: str, lowercase: bool, key: int) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.tasks = [ctx.Queue() for _ in range(n)]
-        self.results = [ctx.Queue() for _ in range(n)]
+        self.tasks, self.results = ctx.Queue(), ctx.Queue()
         self.procs = [
-            ctx.Process(target=_work, args=(t, r, tokenizer, lowercase, seed), daemon=True)
-            for t, r in zip(self.tasks, self.results, strict=True)
+            ctx.Process(target=work, args=(self.tasks, self.results, tokenizer, lowercase, key), daemon=True)
+            for _ in range(n)
         ]
         for p in self.procs:
             p.start()
+        self.ready: dict[int, tuple] = {}
 
     def __enter__(self) -> _Workers:
         return self
 
     def send(self, i: int, task: tuple[int, list[str]]) -> None:
-        self.tasks[i % len(self.procs)].put(task)
+        self.tasks.put((i, *task))
 
-    def receive(self, i: int):
-        """The next result of the worker of chunk ``i``; its error raised here; one line if it died."""
-        proc, results = self.procs[i % len(self.procs)], self.results[i % len(self.procs)]
+    def _next(self) -> tuple:
+        """The next message of any worker; its error raised here; one line where one died."""
         while True:
             try:
-                out = results.get(timeout=1.0)
+                out = self.results.get(timeout=1.0)
                 break
             except queue.Empty:
-                if proc.is_alive():
+                dead = [p for p in self.procs if p.exitcode not in (None, 0)]
+                if not dead:
                     continue
-            try:  # everything a stopped process sent is in the pipe already
-                out = results.get(timeout=1.0)
+            try:  # what a stopped worker sent is in the pipe already
+                out = self.results.get(timeout=1.0)
                 break
             except queue.Empty:
                 raise ElmoError(
-                    f"a tokenizer worker stopped (exit status {proc.exitcode}), perhaps out of memory; "
+                    f"a tokenizer worker stopped (exit status {dead[0].exitcode}), perhaps out of memory; "
                     "run again with fewer --workers"
                 ) from None
-        if isinstance(out, _Failure):
+        if isinstance(out, Failure):
             raise out.error
         return out
 
+    def receive(self, i: int) -> tuple:
+        """The result of chunk ``i`` (results of later chunks are kept until asked for)."""
+        while i not in self.ready:
+            j, result = self._next()
+            self.ready[j] = result
+        return self.ready.pop(i)
+
     def finish(self) -> list[Counter]:
-        """Every worker's token counts; the workers end."""
-        for t in self.tasks:
-            t.put(None)
-        return [self.receive(i) for i in range(len(self.procs))]
+        """Every worker's token counts (each worker takes one None and stops); the workers end."""
+        for _ in self.procs:
+            self.tasks.put(None)
+        return [self._next()[1] for _ in self.procs]
 
     def __exit__(self, *exc: object) -> None:
-        for p in self.procs:
-            if p.is_alive() and exc[0] is not None:
-                p.terminate()
-        for t in self.tasks:
-            t.cancel_join_thread()  # nothing more is read from them
-            t.close()
+        if exc[0] is not None:
+            for p in self.procs:
+                if p.is_alive():
+                    p.terminate()
+        self.tasks.cancel_join_thread()  # nothing more is read from it
+        self.tasks.close()
         for p in self.procs:
             p.join()
