@@ -370,10 +370,13 @@ def tokenized_chunks(
     chunk_texts: int = CHUNK_TEXTS,
 ) -> Iterator[tuple[list[bytes], int, int]]:
     """:func:`~elmojax.data.dealing.deal_chunk` of every chunk of ``texts``, in order; when the
-    iterator is done, ``counter`` holds the token counts of every chunk. With several workers
-    (started only once a second chunk exists), at most two chunks a worker are in flight so that
-    memory stays flat; each worker keeps its own counts and sends them once at the end, so that
-    this process only reads, writes the buckets and merges ``workers`` counters."""
+    iterator is done, ``counter`` holds the token counts of every chunk.
+
+    With ``workers`` > 1 (and a second chunk), this process and ``workers - 1`` spawned ones deal:
+    each spawned worker is kept two chunks ahead, and this process, between reading and writing,
+    deals the chunks that find them all busy (so its share shrinks with its own work and nothing
+    waits while the workers start). Each spawned worker keeps its own counts and sends them once
+    at the end. At most a few chunks a worker are held, so memory stays flat."""
     key = seed_key(seed)
     chunks = _chunks(texts, chunk_chars, chunk_texts)
     head = [c for c in (next(chunks, None), next(chunks, None)) if c is not None]
@@ -381,17 +384,26 @@ def tokenized_chunks(
         for start, chunk in [*head, *chunks]:
             yield deal_chunk(start, chunk, tokenizer, lowercase, key, counter)
         return
-    with _Workers(workers, tokenizer, lowercase, key) as pool:
-        sent = done = 0
-        for task in _chain(head, chunks):
-            pool.send(sent, task)
-            sent += 1
-            if sent - done >= 2 * workers:
-                yield pool.receive(done)
+    ahead, most = 2 * (workers - 1), 4 * workers  # chunks at the workers; chunks not yet yielded
+    with _Workers(workers - 1, tokenizer, lowercase, key) as pool:
+        ready: dict[int, tuple] = {}
+        done = 0
+        for i, (start, chunk) in enumerate(_chain(head, chunks)):
+            while (got := pool.take(block=i - done >= most and done not in ready)) is not None:
+                ready[got[0]] = got[1]
+            if pool.in_flight < ahead:
+                pool.send(i, (start, chunk))
+            else:
+                ready[i] = deal_chunk(start, chunk, tokenizer, lowercase, key, counter)
+            while done in ready:
+                yield ready.pop(done)
                 done += 1
-        while done < sent:
-            yield pool.receive(done)
-            done += 1
+        while pool.in_flight:
+            j, result = pool.take(block=True)
+            ready[j] = result
+            while done in ready:
+                yield ready.pop(done)
+                done += 1
         for worker_counts in pool.finish():
             counter.update(worker_counts)
 
@@ -415,42 +427,51 @@ class _Workers:
         ]
         for p in self.procs:
             p.start()
-        self.ready: dict[int, tuple] = {}
+        self.in_flight = 0  # chunks sent whose results have not been taken
 
     def __enter__(self) -> _Workers:
         return self
 
     def send(self, i: int, task: tuple[int, list[str]]) -> None:
         self.tasks.put((i, *task))
+        self.in_flight += 1
+
+    def take(self, block: bool) -> tuple[int, tuple] | None:
+        """(chunk number, result) of the next chunk any worker finished; None if none has and not
+        ``block`` (or none is in flight)."""
+        if not self.in_flight:
+            return None
+        if block:
+            out = self._next()
+        else:
+            try:
+                out = self._check(self.results.get_nowait())
+            except queue.Empty:
+                return None
+        self.in_flight -= 1
+        return out
+
+    def _check(self, out: object) -> tuple:
+        if isinstance(out, Failure):
+            raise out.error
+        return out  # type: ignore[return-value]
 
     def _next(self) -> tuple:
         """The next message of any worker; its error raised here; one line where one died."""
         while True:
             try:
-                out = self.results.get(timeout=1.0)
-                break
+                return self._check(self.results.get(timeout=1.0))
             except queue.Empty:
                 dead = [p for p in self.procs if p.exitcode not in (None, 0)]
                 if not dead:
                     continue
             try:  # what a stopped worker sent is in the pipe already
-                out = self.results.get(timeout=1.0)
-                break
+                return self._check(self.results.get(timeout=1.0))
             except queue.Empty:
                 raise ElmoError(
                     f"a tokenizer worker stopped (exit status {dead[0].exitcode}), perhaps out of memory; "
                     "run again with fewer --workers"
                 ) from None
-        if isinstance(out, Failure):
-            raise out.error
-        return out
-
-    def receive(self, i: int) -> tuple:
-        """The result of chunk ``i`` (results of later chunks are kept until asked for)."""
-        while i not in self.ready:
-            j, result = self._next()
-            self.ready[j] = result
-        return self.ready.pop(i)
 
     def finish(self) -> list[Counter]:
         """Every worker's token counts (each worker takes one None and stops); the workers end."""
