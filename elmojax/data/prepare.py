@@ -398,9 +398,12 @@ def tokenized_chunks(
             while done in ready:
                 yield ready.pop(done)
                 done += 1
-        while pool.in_flight:
-            j, result = pool.take(block=True)
-            ready[j] = result
+        while pool.in_flight:  # the input is read: take back the chunks no worker has begun
+            if (task := pool.steal()) is not None:
+                ready[task[0]] = deal_chunk(*task[1:], tokenizer, lowercase, key, counter)
+            else:
+                j, result = pool.take(block=True)
+                ready[j] = result
             while done in ready:
                 yield ready.pop(done)
                 done += 1
@@ -435,6 +438,15 @@ class _Workers:
     def send(self, i: int, task: tuple[int, list[str]]) -> None:
         self.tasks.put((i, *task))
         self.in_flight += 1
+
+    def steal(self) -> tuple[int, int, list[str]] | None:
+        """A chunk sent but not yet begun by a worker, taken back; None where there is none."""
+        try:
+            task = self.tasks.get_nowait()
+        except queue.Empty:  # none waiting, or an idle worker is waiting for one
+            return None
+        self.in_flight -= 1
+        return task
 
     def take(self, block: bool) -> tuple[int, tuple] | None:
         """(chunk number, result) of the next chunk any worker finished; None if none has and not
