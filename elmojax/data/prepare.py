@@ -39,8 +39,8 @@ OUTPUTS = frozenset({"train", "heldout", "vocab.txt", "stats.json", "tokenizer.j
 #: share of long tokens above which prepare warns
 LONG_TOKEN_WARN = 0.005
 #: texts are handed to the tokenizer workers in chunks of about this many characters (or texts)
-CHUNK_CHARS = 1 << 18
-CHUNK_TEXTS = 4096
+CHUNK_CHARS = 1 << 17  # small enough that the last chunks leave no core idle for long
+CHUNK_TEXTS = 2048
 
 
 class _Shards:
