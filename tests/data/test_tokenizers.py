@@ -165,25 +165,30 @@ def test_a_worker_that_dies_is_one_line_and_leaves_no_output(tmp_path, monkeypat
     assert list(tmp_path.glob("o/*")) + list(tmp_path.glob(".o.prepare-*")) == []  # nothing left
 
 
-def test_a_failing_user_tokenizer_is_one_line_from_any_worker(tmp_path, monkeypatch, capsys):
+def failing_in_a_worker(text: str) -> list[list[str]]:
+    if multiprocessing.parent_process() is not None:  # only a spawned worker fails: its error is sent back
+        raise ValueError("cannot cut this")
+    return [text.split()]
+
+
+@pytest.mark.parametrize(
+    "tokenizer, where",
+    [("failing_tokenizer", "'a bad line\\n'"), ("failing_in_a_worker", "'line 0\\n'")],
+)
+def test_a_failing_user_tokenizer_is_one_line_from_any_worker(
+    tmp_path, monkeypatch, capsys, tokenizer, where
+):
     import elmojax.data.prepare as prep
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    src = tmp_path / "c.txt"  # more than one chunk of the default size, so that workers start
+    src = tmp_path / "c.txt"  # more than one chunk of the default size, so that a worker starts
     src.write_text(
         "".join(f"line {i}\n" for i in range(prep.CHUNK_TEXTS + 30)) + "a bad line\n", encoding="utf-8"
     )
-    argv = [
-        "prepare",
-        str(src),
-        "--out",
-        str(tmp_path / "o"),
-        "--tokenizer",
-        "test_tokenizers:failing_tokenizer",
-    ]
+    argv = ["prepare", str(src), "--out", str(tmp_path / "o"), "--tokenizer", f"test_tokenizers:{tokenizer}"]
     assert main([*argv, "--workers", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "failed on 'a bad line\\n': ValueError: cannot cut this" in err
+    assert "\n" not in err and f"failed on {where}: ValueError: cannot cut this" in err
     assert not (tmp_path / "o" / "vocab.txt").exists()
 
 
