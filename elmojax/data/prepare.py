@@ -245,18 +245,11 @@ def _prepare_into(
     buckets = [open(bucket_dir / f"{b:02d}.txt", "wb") for b in range(N_BUCKETS)]
     n_sentences = 0
     counter: Counter = Counter()  # every sentence's tokens; the held-out ones are taken out below
+    texts = _input_texts(inputs, read_options, tfds, tfds_data_dir, hf_dataset, counts, progress)
+    dealt = tokenized_chunks(
+        texts, tokenizer, lowercase, workers, seed, counter, chunk_chars=chunk_chars, chunk_texts=chunk_texts
+    )
     try:
-        texts = _input_texts(inputs, read_options, tfds, tfds_data_dir, hf_dataset, counts, progress)
-        dealt = tokenized_chunks(
-            texts,
-            tokenizer,
-            lowercase,
-            workers,
-            seed,
-            counter,
-            chunk_chars=chunk_chars,
-            chunk_texts=chunk_texts,
-        )
         for parts, n_lines, n_empty in dealt:
             counts.skipped_empty += n_empty
             n_sentences += n_lines
@@ -264,6 +257,7 @@ def _prepare_into(
                 if part:
                     f.write(part)
     finally:
+        dealt.close()  # a failure here (a full disk) stops the workers now, not when the traceback goes
         for f in buckets:
             f.close()
     if n_sentences == 0:

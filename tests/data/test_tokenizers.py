@@ -181,9 +181,11 @@ def test_a_failing_user_tokenizer_is_one_line_from_any_worker(
     import elmojax.data.prepare as prep
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    src = tmp_path / "c.txt"  # more than one chunk of the default size, so that a worker starts
+    # ten chunks of the default size: a worker starts, and this process, which deals too and takes
+    # back the chunks no worker has begun, waits for the worker's first chunk after eight
+    src = tmp_path / "c.txt"
     src.write_text(
-        "".join(f"line {i}\n" for i in range(prep.CHUNK_TEXTS + 30)) + "a bad line\n", encoding="utf-8"
+        "".join(f"line {i}\n" for i in range(prep.CHUNK_TEXTS * 10)) + "a bad line\n", encoding="utf-8"
     )
     argv = ["prepare", str(src), "--out", str(tmp_path / "o"), "--tokenizer", f"test_tokenizers:{tokenizer}"]
     assert main([*argv, "--workers", "2"]) == 2
