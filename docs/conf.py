@@ -27,11 +27,11 @@ autodoc_inherit_docstrings = False  # flax's own docstrings (setup, __call__) ar
 
 # names in docstrings and annotations that belong to other libraries (CI has no network to fetch
 # their inventories) or to the standard library, and a few undocumented helpers docstrings name
-_TYPING = "Any|BinaryIO|Callable|Iterable|Iterator|Mapping|NamedTuple|Protocol|Sequence|NoneType|T"
+_TYPING = "Any|BinaryIO|Callable|Counter|Iterable|Iterator|Mapping|NamedTuple|Protocol|Sequence|NoneType|T"
 _LAZY = "Embedder|Elmo|ScalarMix|TrainConfig|batch_to_ids|prepare_corpus|export_run"
 nitpick_ignore_regex = [
     (r"py:.*", r"(jax|jaxlib|jnp|np|numpy|flax|nn|optax|orbax|ocp|h5py|pyarrow|pa|tqdm|argparse)(\..*)?"),
-    (r"py:.*", rf"((pathlib|collections\.abc|typing)\.)?(Path|{_TYPING})|Array|NamedSharding"),
+    (r"py:.*", rf"((pathlib|collections(\.abc)?|typing)\.)?(Path|{_TYPING})|Array|NamedSharding"),
     (r"py:.*", rf"(elmojax\.)?({_LAZY})|elmojax\.train\.train"),  # the package's lazy re-exports
     # helpers without docstrings, and methods named relative to another module's class
     (r"py:.*", r"OovTable(\.keys)?|state_dict|trim_char_ids|(elmojax\.model\.kernels\.lstm\.)?lstm_layers"),

@@ -17,55 +17,70 @@ import ctypes
 import json
 import multiprocessing
 import os
+import queue
 import shutil
 import sys
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from elmojax.data.dealing import N_BUCKETS, Failure, deal_chunk, seed_key, work
 from elmojax.data.readers import ReadCounts, ReadOptions, read_dataset, read_files
-from elmojax.data.tokenizers import DEFAULT, LONG_TOKEN_BYTES, get_tokenizer, tokenize_chunk
+from elmojax.data.tokenizers import DEFAULT, LONG_TOKEN_BYTES, get_tokenizer
 from elmojax.data.vocab import SPECIALS
 from elmojax.errors import ElmoError, InputTextError
 from elmojax.fileio import check_input_file, check_writable_dir
 
 #: what prepare writes into its output folder
 OUTPUTS = frozenset({"train", "heldout", "vocab.txt", "stats.json", "tokenizer.json"})
-N_BUCKETS = 64  # fixed so that the shuffle depends only on the input and the seed
 #: share of long tokens above which prepare warns
 LONG_TOKEN_WARN = 0.005
 #: texts are handed to the tokenizer workers in chunks of about this many characters (or texts)
-CHUNK_CHARS = 1 << 18
-CHUNK_TEXTS = 4096
+CHUNK_CHARS = 1 << 17  # small enough that the last chunks leave no core idle for long
+CHUNK_TEXTS = 2048
 
 
-def _write_shards(
-    lines: Iterable[str], directory: Path, per_shard: int, count: bool = False
-) -> tuple[int, int, int, Counter]:
-    """Write ``lines`` into numbered shards; returns (sentences, tokens, shards, token counts if
-    ``count``)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    n_sent = n_tok = n_shards = 0
-    counter: Counter = Counter()
-    out = None
-    try:
-        for line in lines:
-            if n_sent % per_shard == 0:
-                if out is not None:
-                    out.close()
-                out = open(directory / f"shard_{n_shards:05d}.txt", "w", encoding="utf-8", newline="\n")
-                n_shards += 1
-            out.write(line + "\n")
-            if count:
-                counter.update(line.split(" "))
-            n_sent += 1
-            n_tok += line.count(" ") + 1
-    finally:
-        if out is not None:
-            out.close()
-    return n_sent, n_tok, n_shards, counter
+class _Shards:
+    """Numbered shards of ``per_shard`` sentences in ``directory``, written a block of lines at a
+    time; counts the sentences, tokens and shards."""
+
+    def __init__(self, directory: Path, per_shard: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.per_shard = directory, per_shard
+        self.n_sentences = self.n_tokens = self.n_shards = 0
+        self.out: BinaryIO | None = None
+
+    def write(self, lines: list[bytes]) -> None:
+        """Append ``lines`` (UTF-8 sentences without their newline), opening shards as they fill."""
+        at = 0
+        while at < len(lines):
+            if self.n_sentences % self.per_shard == 0:
+                self.close()
+                self.out = open(self.directory / f"shard_{self.n_shards:05d}.txt", "wb")
+                self.n_shards += 1
+            take = min(len(lines) - at, self.per_shard - self.n_sentences % self.per_shard)
+            data = b"\n".join(lines[at : at + take]) + b"\n"
+            self.out.write(data)
+            self.n_tokens += data.count(b" ") + take
+            self.n_sentences += take
+            at += take
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+
+
+def _shuffled_buckets(bucket_dir: Path, seed: int) -> Iterator[list[bytes]]:
+    """Each bucket's lines in a seeded random order, bucket after bucket: the shuffled corpus, one
+    bucket (a 64th of it) in memory at a time."""
+    for b in range(N_BUCKETS):
+        lines = (bucket_dir / f"{b:02d}.txt").read_bytes().split(b"\n")[:-1]
+        order = np.random.default_rng([seed, b]).permutation(len(lines))
+        yield [lines[j] for j in order.tolist()]
 
 
 def prepare_corpus(
@@ -87,6 +102,8 @@ def prepare_corpus(
     progress: bool = False,
     tokenizer: str | None = None,
     workers: int | None = None,
+    chunk_chars: int = CHUNK_CHARS,
+    chunk_texts: int = CHUNK_TEXTS,
 ) -> dict:
     """Tokenize, shuffle and shard ``inputs`` into ``out``; write the vocabulary and ``stats.json``.
 
@@ -108,7 +125,8 @@ def prepare_corpus(
     ``tokenizer`` names the tokenizer (:mod:`elmojax.data.tokenizers`; default ``elmojax``,
     ``tokenized`` is ``whitespace``); it is recorded in ``stats.json`` and ``tokenizer.json`` (with
     ``lowercase``) so that embedding cuts raw text the same way. ``workers`` processes tokenize
-    (default: every core); the output is the same for any number.
+    (default: every core), handed chunks of about ``chunk_chars`` characters or ``chunk_texts``
+    texts; the output is the same for any number and any chunk size.
     """
     if not 0.0 <= heldout_fraction < 1.0:
         raise ElmoError(f"`heldout_fraction` {heldout_fraction}: must be at least 0 and below 1")
@@ -127,6 +145,8 @@ def prepare_corpus(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ElmoError(f"`workers` {workers}: must be at least 1")
+    if chunk_chars < 1 or chunk_texts < 1:
+        raise ElmoError(f"`chunk_chars` {chunk_chars}, `chunk_texts` {chunk_texts}: must be at least 1")
 
     out = check_writable_dir(out).resolve()
     # a folder holding only prepare's outputs is built beside it and flipped in one rename; one
@@ -141,6 +161,7 @@ def prepare_corpus(
         stats = _prepare_into(
             tmp, inputs, ReadOptions(column, text_key, errors), heldout_fraction, sentences_per_shard,
             seed, min_count, lowercase, tokenizer, workers, tfds, tfds_data_dir, hf_dataset, progress,
+            chunk_chars=chunk_chars, chunk_texts=chunk_texts,
         )  # fmt: skip
         if whole:
             flip(tmp, out, base / f"{prefix}old-{os.getpid()}")
@@ -214,40 +235,29 @@ def _prepare_into(
     tfds_data_dir: str | None,
     hf_dataset: str | None,
     progress: bool,
+    *,
+    chunk_chars: int = CHUNK_CHARS,
+    chunk_texts: int = CHUNK_TEXTS,
 ) -> dict:
     counts = ReadCounts()
     bucket_dir = tmp / "buckets"
     bucket_dir.mkdir()
-    buckets = [
-        open(bucket_dir / f"{b:02d}.txt", "w", encoding="utf-8", newline="\n") for b in range(N_BUCKETS)
-    ]
-    rng = np.random.default_rng(seed)
-    draws = np.empty(0, dtype=np.int64)
-    used = 0
+    buckets = [open(bucket_dir / f"{b:02d}.txt", "wb") for b in range(N_BUCKETS)]
     n_sentences = 0
-    n_long = 0
     counter: Counter = Counter()  # every sentence's tokens; the held-out ones are taken out below
+    texts = _input_texts(inputs, read_options, tfds, tfds_data_dir, hf_dataset, counts, progress)
+    dealt = tokenized_chunks(
+        texts, tokenizer, lowercase, workers, seed, counter, chunk_chars=chunk_chars, chunk_texts=chunk_texts
+    )
     try:
-        texts = _input_texts(inputs, read_options, tfds, tfds_data_dir, hf_dataset, counts, progress)
-        for lines, n_empty, chunk_counts, n_lng in tokenized_chunks(texts, tokenizer, lowercase, workers):
+        for parts, n_lines, n_empty in dealt:
             counts.skipped_empty += n_empty
-            counter.update(chunk_counts)
-            n_long += n_lng
-            picks = np.empty(len(lines), dtype=np.int64)
-            at = 0
-            while at < len(lines):  # the same draws, in the same order, however the texts were chunked
-                if used == len(draws):
-                    draws, used = rng.integers(0, N_BUCKETS, size=65_536), 0
-                take = min(len(lines) - at, len(draws) - used)
-                picks[at : at + take] = draws[used : used + take]
-                at, used = at + take, used + take
-            order = np.argsort(picks, kind="stable")
-            bounds = np.searchsorted(picks[order], np.arange(N_BUCKETS + 1))
-            for b in range(N_BUCKETS):
-                if bounds[b + 1] > bounds[b]:
-                    buckets[b].write("\n".join(lines[j] for j in order[bounds[b] : bounds[b + 1]]) + "\n")
-            n_sentences += len(lines)
+            n_sentences += n_lines
+            for f, part in zip(buckets, parts, strict=True):
+                if part:
+                    f.write(part)
     finally:
+        dealt.close()  # a failure here (a full disk) stops the workers now, not when the traceback goes
         for f in buckets:
             f.close()
     if n_sentences == 0:
@@ -261,21 +271,22 @@ def _prepare_into(
         n_heldout = max(n_heldout, 1)
     n_heldout = min(n_heldout, n_sentences - 1)
 
-    def shuffled() -> Iterator[str]:
-        for b in range(N_BUCKETS):
-            with open(bucket_dir / f"{b:02d}.txt", encoding="utf-8", newline="\n") as f:
-                lines = f.read().split("\n")[:-1]
-            order = np.random.default_rng([seed, b]).permutation(len(lines))
-            for j in order:
-                yield lines[j]
-
-    stream = shuffled()
-    held = (next(stream) for _ in range(n_heldout))
-    n_held, n_held_tokens, n_held_shards, held_counter = _write_shards(
-        held, tmp / "heldout", sentences_per_shard, count=True
-    )
-    counter.subtract(held_counter)
-    n_train, n_train_tokens, n_train_shards, _ = _write_shards(stream, tmp / "train", sentences_per_shard)
+    limit = LONG_TOKEN_BYTES  # counted over every sentence, the held-out ones too
+    n_long = sum(c for t, c in counter.items() if len(t) > limit // 4 and len(t.encode("utf-8")) > limit)
+    held, train = _Shards(tmp / "heldout", sentences_per_shard), _Shards(tmp / "train", sentences_per_shard)
+    try:
+        for lines in _shuffled_buckets(bucket_dir, seed):
+            if held.n_sentences < n_heldout:  # the first sentences of the shuffled stream
+                take = lines[: n_heldout - held.n_sentences]
+                lines = lines[len(take) :]
+                held.write(take)
+                counter.subtract(Counter(b" ".join(take).decode("utf-8").split(" ")))
+            train.write(lines)
+    finally:
+        held.close()
+        train.close()
+    n_held, n_held_tokens, n_held_shards = held.n_sentences, held.n_tokens, held.n_shards
+    n_train, n_train_tokens, n_train_shards = train.n_sentences, train.n_tokens, train.n_shards
     shutil.rmtree(bucket_dir)
 
     for special in SPECIALS:
@@ -326,43 +337,160 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
+def _chunks(texts: Iterable[str], chunk_chars: int, chunk_texts: int) -> Iterator[tuple[int, list[str]]]:
+    """(index of the first text, texts) of chunks of about ``chunk_chars`` characters or
+    ``chunk_texts`` texts."""
     chunk: list[str] = []
-    size = 0
+    start = size = 0
     for text in texts:
         chunk.append(text)
         size += len(text)
-        if size >= CHUNK_CHARS or len(chunk) >= CHUNK_TEXTS:
-            yield chunk
-            chunk, size = [], 0
+        if size >= chunk_chars or len(chunk) >= chunk_texts:
+            yield start, chunk
+            start, chunk, size = start + len(chunk), [], 0
     if chunk:
-        yield chunk
+        yield start, chunk
 
 
 def tokenized_chunks(
-    texts: Iterable[str], tokenizer: str, lowercase: bool, workers: int
-) -> Iterator[tuple[list[str], int, dict[str, int], int]]:
-    """:func:`~elmojax.data.tokenizers.tokenize_chunk` of every chunk of ``texts``, in order. With
-    several workers the chunks go to a pool of processes (started only once a second chunk
-    exists), at most two a worker in flight so that memory stays flat, while this process reads
-    and writes."""
-    chunks = _chunks(texts)
+    texts: Iterable[str],
+    tokenizer: str,
+    lowercase: bool,
+    workers: int,
+    seed: int,
+    counter: Counter,
+    *,
+    chunk_chars: int = CHUNK_CHARS,
+    chunk_texts: int = CHUNK_TEXTS,
+) -> Iterator[tuple[list[bytes], int, int]]:
+    """:func:`~elmojax.data.dealing.deal_chunk` of every chunk of ``texts``, in order; when the
+    iterator is done, ``counter`` holds the token counts of every chunk.
+
+    With ``workers`` > 1 (and a second chunk), this process and ``workers - 1`` spawned ones deal:
+    each spawned worker is kept two chunks ahead, and this process, between reading and writing,
+    deals the chunks that find them all busy (so its share shrinks with its own work and nothing
+    waits while the workers start). Each spawned worker keeps its own counts and sends them once
+    at the end. At most a few chunks a worker are held, so memory stays flat."""
+    key = seed_key(seed)
+    chunks = _chunks(texts, chunk_chars, chunk_texts)
     head = [c for c in (next(chunks, None), next(chunks, None)) if c is not None]
     if workers == 1 or len(head) < 2:
-        for chunk in [*head, *chunks]:
-            yield tokenize_chunk(chunk, tokenizer, lowercase)
+        for start, chunk in [*head, *chunks]:
+            yield deal_chunk(start, chunk, tokenizer, lowercase, key, counter)
         return
-    # spawn: safe beside threads (JAX, tqdm) and the same on every platform
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pending: deque = deque()
-        for chunk in _chain(head, chunks):
-            pending.append(pool.apply_async(tokenize_chunk, (chunk, tokenizer, lowercase)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    ahead, most = 2 * (workers - 1), 4 * workers  # chunks at the workers; chunks not yet yielded
+    with _Workers(workers - 1, tokenizer, lowercase, key) as pool:
+        ready: dict[int, tuple] = {}
+        done = 0
+        for i, (start, chunk) in enumerate(_chain(head, chunks)):
+            while (got := pool.take(block=i - done >= most and done not in ready)) is not None:
+                ready[got[0]] = got[1]
+            if pool.in_flight < ahead:
+                pool.send(i, (start, chunk))
+            else:
+                ready[i] = deal_chunk(start, chunk, tokenizer, lowercase, key, counter)
+            while done in ready:
+                yield ready.pop(done)
+                done += 1
+        while pool.in_flight:  # the input is read: take back the chunks no worker has begun
+            if (task := pool.steal()) is not None:
+                ready[task[0]] = deal_chunk(*task[1:], tokenizer, lowercase, key, counter)
+            else:
+                j, result = pool.take(block=True)
+                ready[j] = result
+            while done in ready:
+                yield ready.pop(done)
+                done += 1
+        for worker_counts in pool.finish():
+            counter.update(worker_counts)
 
 
-def _chain(head: list[list[str]], rest: Iterator[list[str]]) -> Iterator[list[str]]:
+def _chain(head: list, rest: Iterator) -> Iterator:
     yield from head
     yield from rest
+
+
+class _Workers:
+    """``n`` spawned worker processes (spawn: safe beside threads such as JAX's and tqdm's, and the
+    same on every platform) running :func:`~elmojax.data.dealing.work`: chunks go on one shared
+    queue (a busy or slow worker takes fewer), results come back tagged with the chunk's number."""
+
+    def __init__(self, n: int, tokenizer: str, lowercase: bool, key: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.tasks, self.results = ctx.Queue(), ctx.Queue()
+        self.procs = [
+            ctx.Process(target=work, args=(self.tasks, self.results, tokenizer, lowercase, key), daemon=True)
+            for _ in range(n)
+        ]
+        for p in self.procs:
+            p.start()
+        self.in_flight = 0  # chunks sent whose results have not been taken
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def send(self, i: int, task: tuple[int, list[str]]) -> None:
+        self.tasks.put((i, *task))
+        self.in_flight += 1
+
+    def steal(self) -> tuple[int, int, list[str]] | None:
+        """A chunk sent but not yet begun by a worker, taken back; None where there is none."""
+        try:
+            task = self.tasks.get_nowait()
+        except queue.Empty:  # none waiting, or an idle worker is waiting for one
+            return None
+        self.in_flight -= 1
+        return task
+
+    def take(self, block: bool) -> tuple[int, tuple] | None:
+        """(chunk number, result) of the next chunk any worker finished; None if none has and not
+        ``block`` (or none is in flight)."""
+        if not self.in_flight:
+            return None
+        if block:
+            out = self._next()
+        else:
+            try:
+                out = self._check(self.results.get_nowait())
+            except queue.Empty:
+                return None
+        self.in_flight -= 1
+        return out
+
+    def _check(self, out: object) -> tuple:
+        if isinstance(out, Failure):
+            raise out.error
+        return out  # type: ignore[return-value]
+
+    def _next(self) -> tuple:
+        """The next message of any worker; its error raised here; one line where one died."""
+        while True:
+            try:
+                return self._check(self.results.get(timeout=1.0))
+            except queue.Empty:
+                dead = [p for p in self.procs if p.exitcode not in (None, 0)]
+                if not dead:
+                    continue
+            try:  # what a stopped worker sent is in the pipe already
+                return self._check(self.results.get(timeout=1.0))
+            except queue.Empty:
+                raise ElmoError(
+                    f"a tokenizer worker stopped (exit status {dead[0].exitcode}), perhaps out of memory; "
+                    "run again with fewer --workers"
+                ) from None
+
+    def finish(self) -> list[Counter]:
+        """Every worker's token counts (each worker takes one None and stops); the workers end."""
+        for _ in self.procs:
+            self.tasks.put(None)
+        return [self._next()[1] for _ in self.procs]
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            for p in self.procs:
+                if p.is_alive():
+                    p.terminate()
+        self.tasks.cancel_join_thread()  # nothing more is read from it
+        self.tasks.close()
+        for p in self.procs:
+            p.join()

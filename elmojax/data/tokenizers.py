@@ -22,7 +22,6 @@ import functools
 import importlib
 import json
 import logging
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,26 +209,6 @@ def get_tokenizer(spec: str | None = None) -> Tokenizer:
 def tokenize_text(text: str, spec: str | None = None, *, lowercase: bool = False) -> list[list[str]]:
     """``text`` (lowercased first with ``lowercase``) into sentences of tokens by tokenizer ``spec``."""
     return get_tokenizer(spec)(text.lower() if lowercase else text)
-
-
-def tokenize_chunk(
-    texts: list[str], tokenizer: str, lowercase: bool
-) -> tuple[list[str], int, dict[str, int], int]:
-    """One chunk of texts -> (sentence lines, texts without tokens, token counts, tokens over
-    :data:`LONG_TOKEN_BYTES` bytes). Runs in a worker process; the counts are of the lines' tokens
-    split on spaces, as the shards will be read."""
-    tokenize = get_tokenizer(tokenizer)
-    lines: list[str] = []
-    n_empty = 0
-    for text in texts:
-        sentences = tokenize(text.lower() if lowercase else text)
-        if not sentences:
-            n_empty += 1
-        lines.extend(" ".join(tokens) for tokens in sentences)
-    counts = Counter(" ".join(lines).split(" ")) if lines else Counter()
-    limit = LONG_TOKEN_BYTES
-    n_long = sum(c for t, c in counts.items() if len(t) > limit // 4 and len(t.encode("utf-8")) > limit)
-    return lines, n_empty, counts, n_long
 
 
 #: the file beside a prepared corpus's vocabulary (and a run's, an export's) naming its tokenizer

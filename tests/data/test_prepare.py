@@ -330,3 +330,33 @@ def test_prepare_flips_the_whole_output_in_one_rename(tmp_path, monkeypatch):
     prepare_corpus([second], out, heldout_fraction=0)
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert read_dir(out / "train") == [["five", "six", "seven", "."]]
+
+
+def test_shuffle_buckets_are_even_seeded_and_by_position():
+    from elmojax.data.dealing import N_BUCKETS, bucket_of, deal_chunk, seed_key
+
+    def picks(seed: int, n_texts: int, per_text: int) -> list[int]:
+        key = seed_key(seed)
+        return [bucket_of(key, i, j) for i in range(n_texts) for j in range(per_text)]
+
+    p0 = picks(0, 2000, 16)  # 32000 sentences; 16 a text: the hash of a text's 11th sentence too
+    per_bucket = Counter(p0)  # 500 each expected, sd about 22
+    assert sorted(per_bucket) == list(range(N_BUCKETS))
+    assert min(per_bucket.values()) > 400 and max(per_bucket.values()) < 600
+    assert p0 == picks(0, 2000, 16)
+    assert sum(a != b for a, b in zip(p0, picks(1, 2000, 16), strict=True)) > 0.95 * len(p0)  # another seed
+    # a text's sentences go apart
+    assert sum(a != b for a, b in zip(p0[::16], p0[1::16], strict=True)) > 0.95 * 2000
+    # the key is the position, not the sentence: copies of one line are spread over the shuffle
+    assert len(set(picks(7, 1000, 1))) == N_BUCKETS
+
+    # deal_chunk puts sentence j of text i (counted from `start`) in bucket_of(key, i, j)
+    texts = [" ".join(f"s{i}x{j} ." for j in range(12)) for i in range(30)] + [""]
+    counter: Counter = Counter()
+    parts, n_lines, n_empty = deal_chunk(100, texts, "elmojax", False, seed_key(5), counter)
+    assert (n_lines, n_empty, counter["."]) == (30 * 12, 1, 30 * 12)
+    where = {line: b for b, part in enumerate(parts) for line in part.decode().split("\n")[:-1]}
+    assert len(where) == 360
+    assert all(
+        where[f"s{i}x{j} ."] == bucket_of(seed_key(5), 100 + i, j) for i in range(30) for j in range(12)
+    )

@@ -3,6 +3,8 @@
 
 import importlib.util
 import json
+import multiprocessing
+import os
 import sys
 from pathlib import Path
 
@@ -146,24 +148,49 @@ def failing_tokenizer(text: str) -> list[list[str]]:
     return [text.split()]
 
 
-def test_a_failing_user_tokenizer_is_one_line_from_any_worker(tmp_path, monkeypatch, capsys):
+def dying_tokenizer(text: str) -> list[list[str]]:
+    if multiprocessing.parent_process() is not None:  # a spawned worker (the main process deals too)
+        os._exit(3)  # as if the system killed it (out of memory)
+    return [text.split()]
+
+
+def test_a_worker_that_dies_is_one_line_and_leaves_no_output(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    src = tmp_path / "c.txt"
+    src.write_text("".join(f"line {i}\n" for i in range(40)), encoding="utf-8")
+    with pytest.raises(ElmoError, match=r"^a tokenizer worker stopped \(exit status 3\).*fewer --workers$"):
+        prepare_corpus(
+            [src], tmp_path / "o", tokenizer="test_tokenizers:dying_tokenizer", workers=2, chunk_texts=4
+        )
+    assert list(tmp_path.glob("o/*")) + list(tmp_path.glob(".o.prepare-*")) == []  # nothing left
+
+
+def failing_in_a_worker(text: str) -> list[list[str]]:
+    if multiprocessing.parent_process() is not None:  # only a spawned worker fails: its error is sent back
+        raise ValueError("cannot cut this")
+    return [text.split()]
+
+
+@pytest.mark.parametrize(
+    "tokenizer, where",
+    [("failing_tokenizer", "'a bad line\\n'"), ("failing_in_a_worker", "'line 0\\n'")],
+)
+def test_a_failing_user_tokenizer_is_one_line_from_any_worker(
+    tmp_path, monkeypatch, capsys, tokenizer, where
+):
     import elmojax.data.prepare as prep
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    monkeypatch.setattr(prep, "CHUNK_TEXTS", 5)
+    # ten chunks of the default size: a worker starts, and this process, which deals too and takes
+    # back the chunks no worker has begun, waits for the worker's first chunk after eight
     src = tmp_path / "c.txt"
-    src.write_text("".join(f"line {i}\n" for i in range(30)) + "a bad line\n", encoding="utf-8")
-    argv = [
-        "prepare",
-        str(src),
-        "--out",
-        str(tmp_path / "o"),
-        "--tokenizer",
-        "test_tokenizers:failing_tokenizer",
-    ]
+    src.write_text(
+        "".join(f"line {i}\n" for i in range(prep.CHUNK_TEXTS * 10)) + "a bad line\n", encoding="utf-8"
+    )
+    argv = ["prepare", str(src), "--out", str(tmp_path / "o"), "--tokenizer", f"test_tokenizers:{tokenizer}"]
     assert main([*argv, "--workers", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "failed on 'a bad line\\n': ValueError: cannot cut this" in err
+    assert "\n" not in err and f"failed on {where}: ValueError: cannot cut this" in err
     assert not (tmp_path / "o" / "vocab.txt").exists()
 
 
@@ -207,24 +234,28 @@ def test_stats_and_record_name_the_tokenizer_and_count_long_tokens(tmp_path, cap
         prepare_corpus([src], tmp_path / "x", tokenized=True, tokenizer="icu")
 
 
-def test_output_is_the_same_for_any_number_of_workers(tmp_path, monkeypatch):
-    import elmojax.data.prepare as prep
-
-    monkeypatch.setattr(prep, "CHUNK_TEXTS", 7)  # many chunks from a small corpus
+def test_output_is_the_same_for_any_number_of_workers_and_chunk_size(tmp_path):
     src = tmp_path / "mixed.txt"
     lines = [f"第{i}句话在这里。Sentence {i} is here! ภาษาไทย{i} 日本語{i}です。" for i in range(120)]
     src.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     outs = {}
-    for workers in (1, 2, 3):
-        stats = prepare_corpus([src], tmp_path / f"w{workers}", workers=workers, heldout_fraction=0.1)
-        outs[workers] = {
-            str(p.relative_to(tmp_path / f"w{workers}")): p.read_bytes()
-            for p in sorted((tmp_path / f"w{workers}").rglob("*"))
-            if p.is_file()
+    # (workers, chunk_texts, chunk_chars): one chunk in this process, many small chunks, odd sizes
+    for workers, texts, chars in ((1, 4096, 1 << 18), (1, 7, 1 << 18), (2, 7, 1 << 18), (3, 5, 300)):
+        out = tmp_path / f"w{workers}-{texts}-{chars}"
+        stats = prepare_corpus(
+            [src], out, workers=workers, heldout_fraction=0.1, sentences_per_shard=50,
+            chunk_texts=texts, chunk_chars=chars,
+        )  # fmt: skip
+        outs[workers, texts] = {
+            str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
         }
-    assert outs[1] == outs[2] == outs[3]
+    first, *others = outs.values()
+    assert all(other == first for other in others)
+    assert (stats["n_train_sentences"], stats["n_heldout_sentences"]) == (324, 36)  # 3 a text
+    assert [first[f"train/shard_{i:05d}.txt"].count(b"\n") for i in range(7)] == [50] * 6 + [24]
+    assert first["heldout/shard_00000.txt"].count(b"\n") == 36 and len(first) == 7 + 1 + 3
     assert stats["skipped_empty_lines"] == 1 and stats["n_input_lines"] == 121
-    vocab = (tmp_path / "w1/vocab.txt").read_text(encoding="utf-8").split("\n")
+    vocab = first["vocab.txt"].decode("utf-8").split("\n")
     assert "这里" in vocab and "Sentence" in vocab and "ภาษา" in vocab
     with pytest.raises(ElmoError, match="`workers` 0"):
         prepare_corpus([src], tmp_path / "w0", workers=0)
