@@ -22,8 +22,6 @@ from elmojax.train.sparse import SparseView, gather_view, scatter_view
 from elmojax.train.state import TrainState
 from elmojax.train.step_config import StepConfig
 
-__all__ = ["StepConfig", "eval_step", "jit_eval_step", "jit_train_step", "losses", "train_step"]
-
 
 def losses(
     params: dict,
