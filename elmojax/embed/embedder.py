@@ -92,7 +92,7 @@ class Embedder:
         else:
             self._batcher, self._max_width = TokenBatcher(vocab), None
         self.mesh = parallel.data_mesh(devices if devices is not None else jax.local_devices())
-        #: the model on the embedder's devices (its forward: :meth:`LanguageModel.sentences`)
+        #: the model on the embedder's devices (its forward: :meth:`elmojax.model.lm.LanguageModel.sentences`)
         self.model = LanguageModel(options, numerics, mesh=self.mesh)
         self.n_devices = self.mesh.devices.size
         self._rows = parallel.leading_rows(self.mesh)

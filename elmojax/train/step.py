@@ -1,6 +1,6 @@
 """The steps: ``train_step(state, batch, config) -> (state, metrics)`` and ``eval_step``, jitted once.
 
-Both are pure functions of a hashable :class:`~elmojax.train.step_config.StepConfig` (a static jit
+Both are pure functions of a hashable :class:`StepConfig` (a static jit
 argument, so equal configs share compilations, as flax lm1b and big_vision write their steps) and
 of a typed :class:`~elmojax.data.batches.StepBatch`. The forward is the model's
 (:class:`elmojax.model.lm.LanguageModel`, ``config.model``, which knows the mesh's batch layout);
@@ -21,6 +21,10 @@ from elmojax.train.optim import make_optimizer
 from elmojax.train.sparse import SparseView, gather_view, scatter_view
 from elmojax.train.state import TrainState
 from elmojax.train.step_config import StepConfig
+
+#: StepConfig is defined beside the train state's imports (elmojax.train.step_config) and
+#: documented here, where programs import it from
+__all__ = ["StepConfig", "eval_step", "jit_eval_step", "jit_train_step", "losses", "train_step"]
 
 
 def losses(

@@ -1,6 +1,7 @@
-"""The steps' static configuration, :class:`StepConfig`: its own module so that the train state
+"""The steps' static configuration, ``StepConfig``: its own module so that the train state
 (:mod:`elmojax.train.state`) and the steps (:mod:`elmojax.train.step`) both import it, and not
-each other."""
+each other. Import it from :mod:`elmojax.train.step`, where it is documented
+(:class:`elmojax.train.step.StepConfig`)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class StepConfig:
 
     @property
     def model(self) -> LanguageModel:
-        """The model whose forward the steps run, on :attr:`mesh`."""
+        """The model whose forward the steps run, on ``mesh``."""
         return LanguageModel(self.options, self.numerics, self.n_vocab, self.mesh)
 
     @property
