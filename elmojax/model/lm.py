@@ -173,16 +173,25 @@ class LanguageModel(nn.Module):
                 mesh=self.mesh,
                 tile_logits=self.numerics.tile_logits,
             )
-        sampled = batch.sampled[direction]
         rows = None
         if softmax_rows is not None:
             rows = (softmax_rows[0][direction].reshape(-1), softmax_rows[1][direction])
         elif parallel.row_shards(self.mesh) > 1:  # this direction's rows, from their owners
-            ids = jnp.concatenate([labels, sampled]).astype(jnp.int32)
+            # the negatives are read anew here: one value shared with the loss below would let the
+            # partitioner split it over the batch and gather it back for the lookup
+            ids = jnp.concatenate([labels, batch.sampled[direction]]).astype(jnp.int32)
             w, b = parallel.take_rows(w, ids, self.mesh), parallel.take_rows(b, ids, self.mesh)
-            rows = (jnp.arange(labels.size), labels.size + jnp.arange(sampled.shape[0]))
+            rows = (jnp.arange(labels.size), labels.size + jnp.arange(batch.sampled.shape[1]))
         return sampled_softmax_loss(
-            w, b, inputs, labels, sampled, batch.num_tries[direction], dot, rows=rows, n_classes=self.n_vocab
+            w,
+            b,
+            inputs,
+            labels,
+            batch.sampled[direction],
+            batch.num_tries[direction],
+            dot,
+            rows=rows,
+            n_classes=self.n_vocab,
         )
 
     # -- whole sentences (embedding) -------------------------------------------------------------
