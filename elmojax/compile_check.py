@@ -30,8 +30,9 @@ import numpy as np
 from elmojax import parallel
 from elmojax.data.batches import StepBatch, bucket_count, fixed_table_size
 from elmojax.errors import ElmoError, first_line
-from elmojax.model.bilm import BiLM, zero_state
+from elmojax.model.bilm import zero_state
 from elmojax.model.flops import model_flops
+from elmojax.model.lm import LanguageModel
 from elmojax.model.numerics import Numerics
 from elmojax.options import N_DIRECTIONS, ElmoOptions
 from elmojax.parallel import DataParallel
@@ -345,8 +346,7 @@ def _embed_report(
     lstm = zero_state(options, rows)
     state = [_abstract(a.shape, a.dtype, parallel.lstm_sharding(par.mesh)) for a in lstm]
     lowered = jit_forward.lower(
-        BiLM(options, numerics),
-        par.mesh,
+        LanguageModel(options, numerics, mesh=par.mesh),
         params,
         _abstract(table, jnp.int32, parallel.leading_rows(par.mesh)),
         _abstract((rows, EMBED_STEPS), jnp.int32, parallel.leading_rows(par.mesh)),

@@ -31,6 +31,7 @@ from elmojax.data.streams import (
 )
 from elmojax.data.vocab import TokenBatcher, Vocabulary
 from elmojax.errors import ElmoError
+from elmojax.model.bilm import BiLM
 from elmojax.model.numerics import Numerics
 from elmojax.model.start_state import rows_state, start_state
 from elmojax.options import N_DIRECTIONS, ElmoOptions
@@ -137,8 +138,12 @@ def heldout_perplexity(
     options = config.options
     resolve_files(test_prefix, arg="test_prefix")
     batcher = Batcher(options.char_cnn.max_characters_per_token) if options.char_cnn else None
+    # one warm-up row on one device: the biLM without the mesh's layout
     start_lstm = start_state(
-        config.model, {"params": model_params(params, options)}, start, batcher or TokenBatcher(vocab)
+        BiLM(options, config.numerics),
+        {"params": model_params(params, options)},
+        start,
+        batcher or TokenBatcher(vocab),
     )
     # this process's rows of every global batch: devices of lower processes come first
     mine = par.rows_per_device * sum(d.process_index < jax.process_index() for d in par.mesh.devices.flat)

@@ -15,9 +15,9 @@ Partition rules are lists of ``(regex, PartitionSpec)`` matched against a leaf's
 layout is a new rule, not new code in the step. Vocabulary-sized arrays have their rows padded to
 a multiple of the shard count (:func:`vocab_rows`); padding rows are never a target or a sample.
 
-Inside a traced function, :func:`tracing` makes the mesh the abstract-mesh context, and the
-kernels ask :func:`batch_is_sharded` how to contract their batch axis (``Dot.tn``): nothing about
-sharding travels in the model's settings. :func:`take_rows`, :func:`put_rows` and
+The model learns how its batch is split from an explicit :class:`BatchLayout` (:func:`batch_layout`
+of the mesh), a static field of its modules and of the kernels' ``Dot``, never from an ambient
+context. :func:`take_rows`, :func:`put_rows` and
 :func:`vocab_sharded` are the collectives of a row-sharded table: a step moves only its own rows
 between devices, never an array of the vocabulary's size.
 
@@ -28,10 +28,10 @@ devices' rows of a global batch (:meth:`DataParallel.put`). :func:`all_succeeded
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -189,27 +189,25 @@ def constrain_blocks(x: jax.Array, mesh: Mesh | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, leading_rows(mesh))
 
 
-@contextlib.contextmanager
-def tracing(mesh: Mesh | None) -> Iterator[None]:
-    """Trace the enclosed computation for ``mesh`` (its abstract mesh becomes the context)."""
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How a computation's batch is spread over devices, as the model's math needs to know it:
+    ``groups`` devices each hold an equal block of the batch's rows (and of the token table).
+
+    A static setting (hashable, part of the model's settings), computed from a mesh by
+    :func:`batch_layout` only: the kernels then contract a sharded batch axis as it is
+    (:meth:`elmojax.model.kernels.dot.Dot.tn`) and split work by device blocks; the values never
+    depend on it.
+    """
+
+    groups: int = 1
+
+
+def batch_layout(mesh: Mesh | None) -> BatchLayout:
+    """The :class:`BatchLayout` of a batch split over ``mesh``'s batch axes (one group without a mesh)."""
     if mesh is None:
-        yield
-        return
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-        yield
-
-
-def batch_groups() -> int:
-    """Over how many devices the computation being traced splits its batch (see :func:`tracing`)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return 1
-    return int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES]))
-
-
-def batch_is_sharded() -> bool:
-    """Whether the computation being traced splits its batch over several devices (see :func:`tracing`)."""
-    return batch_groups() > 1
+        return BatchLayout()
+    return BatchLayout(int(np.prod([mesh.shape.get(a, 1) for a in BATCH_AXES])))
 
 
 # --- tables whose rows are split over the shard axis --------------------------------------------

@@ -22,15 +22,12 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from elmojax.data.vocab import BOS, EOS, Vocabulary
 from elmojax.options import BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, PAD_CHAR
-
-if TYPE_CHECKING:  # pragma: no cover
-    from elmojax.data.ids import OovTable
 
 #: character rows are stored as uint16 (ids go up to 262): half the memory of int32, and their
 #: big-endian bytes sort as the rows do
@@ -209,8 +206,19 @@ def bounds_of(arrays: Sequence[np.ndarray]) -> list[int]:
     return list(np.cumsum([len(a) for a in arrays])[:-1])
 
 
+class CharTable(Protocol):
+    """What :func:`distinct_char_rows` reads of an id table (:class:`elmojax.data.ids.OovTable`,
+    which imports this module: named here by its shape, not imported)."""
+
+    vocab_chars: VocabChars | None
+
+    def keys(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def rows(self, ids: np.ndarray) -> np.ndarray: ...
+
+
 def distinct_char_rows(
-    parts: Sequence[tuple[np.ndarray, OovTable]],
+    parts: Sequence[tuple[np.ndarray, CharTable]],
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The distinct character rows of several id arrays and each array's index into them.
 
@@ -218,8 +226,8 @@ def distinct_char_rows(
     [index like ids] int32)``. The table is exactly :func:`distinct_tokens`'s on
     the gathered character rows: the rows in lexicographic order, all-zero row 0 always present.
     Each array is reduced to its distinct ids first, which are sorted by int keys
-    (:meth:`OovTable.keys`); only unknown tokens' rows that match no vocabulary row are compared
-    as rows.
+    (:meth:`elmojax.data.ids.OovTable.keys`); only unknown tokens' rows that match no vocabulary
+    row are compared as rows.
     """
     # key 0 (first, before any part's) is the padding row
     uniques, inverses, keys, gaps = [], [], [np.zeros(1, np.int64)], [np.zeros(1, bool)]

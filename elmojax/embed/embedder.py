@@ -20,9 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
 from elmojax import parallel
 from elmojax.data.batches import sentence_arrays
@@ -31,7 +29,8 @@ from elmojax.data.tokenizers import DEFAULT as DEFAULT_TOKENIZER
 from elmojax.data.tokenizers import read_record, tokenize_text
 from elmojax.data.vocab import TokenBatcher, Vocabulary
 from elmojax.errors import ElmoError
-from elmojax.model.bilm import BiLM, LSTMState, remove_sentence_boundaries, zero_state
+from elmojax.model.bilm import BiLM, LSTMState, zero_state
+from elmojax.model.lm import LanguageModel
 from elmojax.model.numerics import Numerics
 from elmojax.model.start_state import rows_state
 from elmojax.model.start_state import start_state as model_start_state
@@ -40,21 +39,17 @@ from elmojax.options import ElmoOptions, load_options
 
 
 def forward(
-    model: BiLM, mesh: Mesh, params: dict, table: jax.Array, index: jax.Array, c: jax.Array, h: jax.Array
+    model: LanguageModel, params: dict, table: jax.Array, index: jax.Array, c: jax.Array, h: jax.Array
 ) -> tuple[jax.Array, LSTMState]:
-    """One batch's layers: ``table [U, ...]`` distinct token inputs, ``index [B, T]`` into them (0:
-    padding), states ``c``, ``h`` -> ``([B, L + 1, T - 2, 2P]`` without BOS/EOS, the new states)``."""
-    with parallel.tracing(mesh):
-        vectors = model.apply(params, table, method=BiLM.embed_tokens)  # [U, P]
-        mask = index > 0
-        x = jnp.take(vectors, index, axis=0)  # [B, T, P]
-        layers, state = model.apply(params, x, mask, LSTMState(c, h))
-        out, _ = remove_sentence_boundaries(layers, mask)
-        return out, state
+    """One batch's layers (:meth:`~elmojax.model.lm.LanguageModel.sentences`): ``table [U, ...]``
+    distinct token inputs, ``index [B, T]`` into them (0: padding), states ``c``, ``h`` ->
+    ``([B, L + 1, T - 2, 2P]`` without BOS/EOS, the new states)``."""
+    out, _, state = model.apply(params, table, LSTMState(c, h), index, method=LanguageModel.sentences)
+    return out, state
 
 
-#: :func:`forward` compiled once per model, mesh and shape
-jit_forward = jax.jit(forward, static_argnums=(0, 1))
+#: :func:`forward` compiled once per model (its mesh included) and shape
+jit_forward = jax.jit(forward, static_argnums=0)
 
 
 class Embedder:
@@ -96,15 +91,17 @@ class Embedder:
             self._max_width: int | None = options.char_cnn.max_width
         else:
             self._batcher, self._max_width = TokenBatcher(vocab), None
-        self.model = BiLM(options, numerics)
         self.mesh = parallel.data_mesh(devices if devices is not None else jax.local_devices())
+        #: the model on the embedder's devices (its forward: :meth:`elmojax.model.lm.LanguageModel.sentences`)
+        self.model = LanguageModel(options, numerics, mesh=self.mesh)
         self.n_devices = self.mesh.devices.size
         self._rows = parallel.leading_rows(self.mesh)
         self._state_sharding = parallel.lstm_sharding(self.mesh)
         self.params = jax.device_put(params, parallel.replicated(self.mesh))
-        self._forward = functools.partial(jit_forward, self.model, self.mesh)
+        self._forward = functools.partial(jit_forward, self.model)
         self.start_state = start_state
-        self._start = model_start_state(self.model, self.params, start_state, self._batcher)
+        # one warm-up row on one device: the biLM without the mesh's layout
+        self._start = model_start_state(BiLM(options, numerics), self.params, start_state, self._batcher)
         self._state: LSTMState | None = None
         self.shapes_compiled: set[tuple[int, ...]] = set()
 

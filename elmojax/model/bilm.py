@@ -21,6 +21,7 @@ Conventions used throughout:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -31,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from elmojax.model.kernels import get_kernels
+from elmojax.model.kernels.dot import Dot
 from elmojax.model.numerics import Numerics
 from elmojax.options import N_CHARACTERS, N_DIRECTIONS, PAD_CHAR, CharCNNOptions, ElmoOptions, LSTMOptions
-from elmojax.parallel import batch_groups
+from elmojax.parallel import BatchLayout
 
 Array = jax.Array
 #: LSTM states stay float32 whatever the compute dtype: the cell state accumulates over the stream
@@ -54,6 +56,11 @@ def zero_state(options: ElmoOptions, batch: int) -> LSTMState:
         c=jnp.zeros((N_DIRECTIONS, lstm.n_layers, batch, lstm.dim), STATE_DTYPE),
         h=jnp.zeros((N_DIRECTIONS, lstm.n_layers, batch, lstm.projection_dim), STATE_DTYPE),
     )
+
+
+def layout_dot(numerics: Numerics, layout: BatchLayout) -> Dot:
+    """``numerics.dot`` for a batch split as ``layout`` says (:class:`~elmojax.model.kernels.dot.Dot`)."""
+    return dataclasses.replace(numerics.dot, batch_groups=layout.groups)
 
 
 # --- initialisers as bilm-tf uses them (docs/formats.md, "Initialisation") ---------------------
@@ -99,10 +106,12 @@ class CharCNN(nn.Module):
     than ``numerics.conv_tokens`` tokens (an accelerator's fixed table) is convolved in equal blocks of
     tokens, one after the other, so that a filter's ``[tokens, positions, n]`` outputs, the CNN's
     largest temporaries, exist for one block at a time; each token's maximum is the same.
+    The table's rows are ``layout.groups`` equal per-device blocks.
     """
 
     options: CharCNNOptions
     numerics: Numerics = Numerics()
+    layout: BatchLayout = BatchLayout()
 
     @nn.compact
     def __call__(self, x: Array, pad: Array) -> Array:
@@ -119,27 +128,32 @@ class CharCNN(nn.Module):
             b = self.param(f"b_cnn_{i}", nn.initializers.zeros, (num,), dtype)
             if trimmed:
                 y = _in_blocks(
-                    conv_max_pool, x[:, : starts + width - 1], w[0], dot, self.numerics.conv_tokens
+                    conv_max_pool,
+                    x[:, : starts + width - 1],
+                    w[0],
+                    dot,
+                    self.numerics.conv_tokens,
+                    self.layout.groups,
                 )
                 pad_window = dot(pad, jnp.sum(w[0], axis=0))  # [n]
                 y = jnp.where(pad_window > y, pad_window, y)
             else:
-                y = _in_blocks(conv_max_pool, x, w[0], dot, self.numerics.conv_tokens)
+                y = _in_blocks(conv_max_pool, x, w[0], dot, self.numerics.conv_tokens, self.layout.groups)
             # adding the bias after the max is exact: rounding is monotonic, so the same element wins
             y = y + b
             outs.append(jax.nn.relu(y) if relu else jnp.tanh(y))
         return jnp.concatenate(outs, axis=-1)
 
 
-def _in_blocks(conv_max_pool, x: Array, w: Array, dot, max_tokens: int) -> Array:
+def _in_blocks(conv_max_pool, x: Array, w: Array, dot, max_tokens: int, groups: int = 1) -> Array:
     """``conv_max_pool(x, w, dot)`` over ``x [N, C, E]`` in the fewest equal blocks of at most
     ``max_tokens`` tokens a device (one block, the plain call, for small tables).
 
-    The table's rows are split over the devices of the batch (each device's block of distinct
-    tokens): every block takes the same share of each device's rows, so no device reads another's.
+    The table's rows are split over ``groups`` devices of the batch (each device's block of
+    distinct tokens): every block takes the same share of each device's rows, so no device reads
+    another's.
     """
     n = x.shape[0]
-    groups = batch_groups()
     groups = groups if n % groups == 0 else 1
     per = n // groups
     blocks = next((k for k in range(1, per + 1) if per % k == 0 and per // k <= max_tokens), 1)
@@ -192,6 +206,7 @@ class CharTokenEmbedder(nn.Module):
     options: CharCNNOptions
     projection_dim: int
     numerics: Numerics = Numerics()
+    layout: BatchLayout = BatchLayout()
 
     @nn.compact
     def __call__(self, char_ids: Array) -> Array:
@@ -201,7 +216,7 @@ class CharTokenEmbedder(nn.Module):
             "char_embed", _char_table_init, (N_CHARACTERS, c.embedding_dim), numerics.param_dtype
         )
         x = jnp.take(table, char_ids.reshape(-1, char_ids.shape[-1]), axis=0)  # [N, chars, E]
-        x = CharCNN(c, numerics, name="CNN")(x, table[PAD_CHAR + 1])  # [N, F]
+        x = CharCNN(c, numerics, self.layout, name="CNN")(x, table[PAD_CHAR + 1])  # [N, F]
         for k in range(c.n_highway):
             x = Highway(numerics, name=f"CNN_high_{k}")(x)
         if c.n_filters != self.projection_dim:
@@ -282,16 +297,20 @@ class BiLM(nn.Module):
     :meth:`__call__` is inference on whole sentences: ``token_vectors [B, T, P]`` (with BOS/EOS,
     from :meth:`embed_tokens`), ``mask [B, T]``, ``state`` -> ``(layers [B, L + 1, T, 2P], state)``
     where layer 0 is ``[x; x]``. Training calls :meth:`embed_tokens` and :meth:`lstm` directly,
-    since there each direction reads its own window stream.
+    since there each direction reads its own window stream (see
+    :class:`elmojax.model.lm.LanguageModel`, which assembles every forward). ``layout`` says over
+    how many devices the batch (and the token table) is split; it is not a parameter and changes
+    no value.
     """
 
     options: ElmoOptions
     numerics: Numerics = Numerics()
+    layout: BatchLayout = BatchLayout()
 
     def setup(self):
         o = self.options
         if o.char_cnn is not None:
-            self.token_embedder = CharTokenEmbedder(o.char_cnn, o.projection_dim, self.numerics)
+            self.token_embedder = CharTokenEmbedder(o.char_cnn, o.projection_dim, self.numerics, self.layout)
         else:
             self.token_embedder = WordTokenEmbedder(o.require_vocab_size(), o.projection_dim, self.numerics)
         self.directions = [LSTMDirection(o.lstm, self.numerics, name=f"RNN_{d}") for d in range(N_DIRECTIONS)]
@@ -333,7 +352,7 @@ class BiLM(nn.Module):
                 tuple(w[layer] for w in weights),
                 o.cell_clip,
                 proj_clip,
-                self.numerics.dot,
+                layout_dot(self.numerics, self.layout),
             )
             if o.use_skip_connections and layer > 0:
                 ys = tuple(y + x for y, x in zip(ys, xs, strict=True))

@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from elmojax.model.bilm import BiLM, remove_sentence_boundaries, zero_state
+from elmojax.model.bilm import zero_state
+from elmojax.model.lm import LanguageModel
 from elmojax.model.start_state import rows_state, warmup_arrays
 from elmojax.options import ElmoOptions
 
@@ -76,16 +77,14 @@ class Elmo(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: Array, deterministic: bool = True) -> dict:
-        bilm = BiLM(self.options, name="bilm")
-        vectors = bilm.embed_tokens(inputs)
-        mask = (inputs > 0).any(-1) if inputs.ndim == 3 else inputs > 0
+        # the language model's variables are the biLM's, under "bilm" as a weights file names them
+        lm = LanguageModel(self.options, name="bilm")
         if self.start_state == "warm":
-            start = bilm.warm_state(*(jnp.asarray(a) for a in warmup_arrays(self.options)))
+            start = lm.warm_state(*(jnp.asarray(a) for a in warmup_arrays(self.options)))
             start = jax.lax.stop_gradient(rows_state(start, inputs.shape[0]))
         else:
             start = zero_state(self.options, inputs.shape[0])
-        layers, _ = bilm(vectors, mask, start)
-        layers, mask = remove_sentence_boundaries(layers, mask)
+        layers, mask, _ = lm.sentences(inputs, start)
         if not self.fine_tune:
             layers = jax.lax.stop_gradient(layers)
         reps, reg = [], jnp.zeros(())

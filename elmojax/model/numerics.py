@@ -35,7 +35,7 @@ class Numerics:
     full softmax is scanned in tiles of at most ``tile_logits`` float32 logits
     (:func:`~elmojax.model.softmax.full_softmax_loss`). Not part of ``options.json``: the same
     model file can be run with any numerics. How the batch is spread over devices is not a
-    numerical setting: the kernels ask :mod:`elmojax.parallel` while they are traced.
+    numerical setting: it is the model's :class:`~elmojax.parallel.BatchLayout`.
     """
 
     compute_dtype: str = "float32"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.struct
 import jax
@@ -15,9 +15,7 @@ from elmojax.model.numerics import Numerics
 from elmojax.model.softmax import init_softmax
 from elmojax.options import ElmoOptions
 from elmojax.train.optim import make_optimizer
-
-if TYPE_CHECKING:  # pragma: no cover
-    from elmojax.train.step import StepConfig
+from elmojax.train.step_config import StepConfig
 
 
 @flax.struct.dataclass

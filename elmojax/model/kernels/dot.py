@@ -13,8 +13,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from elmojax.parallel import batch_is_sharded
-
 Array = jax.Array
 
 
@@ -22,12 +20,18 @@ Array = jax.Array
 class Dot:
     """Matmul settings: ``precision`` (``None``: the backend default, TF32 on recent GPUs;
     ``"highest"``: full float32) and ``dtype``, the operands' dtype (``"float32"`` or ``"bfloat16"``).
-    Results are always float32. Whether the batch axis is split over devices changes how leading
-    axes are contracted (:meth:`tn`), not the values: that is asked of :mod:`elmojax.parallel` while
-    tracing."""
+    Results are always float32. ``batch_groups``: over how many devices the batch's rows are
+    split (:class:`elmojax.parallel.BatchLayout`); it changes how leading axes are contracted
+    (:meth:`tn`), not the values."""
 
     precision: str | None = None
     dtype: str = "float32"
+    batch_groups: int = 1
+
+    @property
+    def batch_is_sharded(self) -> bool:
+        """Whether the batch's rows are split over several devices."""
+        return self.batch_groups > 1
 
     def cast(self, x: Array) -> Array:
         """``x`` in the operand dtype; a weight cast once outside a loop is not cast again inside."""
@@ -61,7 +65,7 @@ class Dot:
     def last(self, x: Array, w: Array) -> Array:
         """``x [..., k] @ w [k, n] -> [..., n]``; on one device through a merged 2-D product (faster
         on the CPU), with a sharded batch without merging the leading axes (see :meth:`tn`)."""
-        if batch_is_sharded():
+        if self.batch_is_sharded:
             return self(x, w)
         return self(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
 
@@ -71,7 +75,7 @@ class Dot:
         merged by a reshape: one of them may be sharded (the batch), and merging it with another
         would make the partitioner gather the whole array onto every device. On one device the
         merged 2-D product is the faster one on the CPU, so it is kept there."""
-        if not batch_is_sharded():
+        if not self.batch_is_sharded:
             return self(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]))
         lead = tuple(range(a.ndim - 1))
         return jax.lax.dot_general(
