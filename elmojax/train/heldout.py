@@ -36,8 +36,8 @@ from elmojax.parallel import DataParallel
 from elmojax.train.step import StepConfig
 
 if TYPE_CHECKING:
+    from elmojax.config import TrainConfig
     from elmojax.train.checkpoints import Checkpointer
-    from elmojax.train.loop import TrainConfig
     from elmojax.train.metrics import Writers
 
 #: the run directory, inside a training run's, that holds its best checkpoint (``keep_best``)
