@@ -9,7 +9,6 @@ that the shuffle is the same for any ``--workers``.
 
 from __future__ import annotations
 
-import pickle
 import signal
 from collections import Counter
 
@@ -78,9 +77,9 @@ class Failure:
     """An exception raised in a worker, sent back to be raised in the main process."""
 
     def __init__(self, error: Exception) -> None:
-        try:
-            pickle.dumps(error)
-        except Exception:  # an exception that cannot cross processes: its type and message
+        # ours and Python's own exceptions cross processes as they are; another library's may not
+        # be rebuilt on the other side (required arguments): its type and message then
+        if not isinstance(error, ElmoError) and type(error).__module__ != "builtins":
             error = ElmoError(f"a tokenizer worker failed: {type(error).__name__}: {error}")
         self.error = error
 
