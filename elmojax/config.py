@@ -141,7 +141,9 @@ class DistributedConfig:
     ``jax.distributed.initialize`` (:func:`elmojax.parallel.initialize`) with the rest, before
     anything touches JAX's devices. ``coordinator_address``, ``num_processes`` and ``process_id``
     None: JAX detects the cluster (TPU pods, SLURM) or reads ``JAX_COORDINATOR_ADDRESS``. The
-    timeouts are seconds (see docs/training.md).
+    timeouts are seconds (see docs/training.md): without a heartbeat before JAX's coordination
+    service declares a process gone, waiting for every process at start-up, and at exit for the
+    others to finish. These defaults are :func:`elmojax.parallel.initialize`'s too.
     """
 
     distributed: bool = False

@@ -41,6 +41,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from elmojax.config import DistributedConfig
 from elmojax.errors import ElmoError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -423,11 +424,6 @@ class DataParallel:
 # --- several processes ----------------------------------------------------------------------------
 
 
-#: seconds without a heartbeat after which JAX's coordination service declares a process dead
-HEARTBEAT_TIMEOUT_S = 60
-#: seconds a process waits for the others at start-up, and at exit for them to finish too
-INITIALIZATION_TIMEOUT_S = 300
-SHUTDOWN_TIMEOUT_S = 60
 #: how collectives and the coordination service report that another process is gone (gloo on
 #: CPUs: its peer's socket closed; the coordination service: heartbeats or barriers timed out)
 PEER_FAILURE_TEXTS = (
@@ -441,13 +437,14 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     *,
-    heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S,
-    initialization_timeout: int = INITIALIZATION_TIMEOUT_S,
-    shutdown_timeout: int = SHUTDOWN_TIMEOUT_S,
+    heartbeat_timeout: int = DistributedConfig.heartbeat_timeout,
+    initialization_timeout: int = DistributedConfig.initialization_timeout,
+    shutdown_timeout: int = DistributedConfig.shutdown_timeout,
 ) -> None:
     """``jax.distributed.initialize``; None lets JAX detect the cluster (TPU pods, SLURM, ...) or
     read ``JAX_COORDINATOR_ADDRESS``. Call before anything else touches JAX's devices.
 
+    The timeouts default to :class:`~elmojax.config.DistributedConfig`'s (the command line's).
     ``heartbeat_timeout`` (seconds) bounds how long a process that vanished without a word (kill -9,
     a lost host) goes unnoticed by the coordination service; ``shutdown_timeout`` how long one that
     finished waits at exit for the others. JAX's preemption service stays on: its SIGTERM notifier
